@@ -1,0 +1,26 @@
+"""gptlite: the GPT of "Build a Large Language Model (From Scratch)" as a Hugging Face model."""
+
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from .configuration_gptlite import GPTLiteConfig
+from .modeling_gptlite import GPTLiteForCausalLM, GPTLitePreTrainedModel
+
+# `import gptlite` makes AutoConfig/AutoModelForCausalLM resolve model_type "gptlite" locally, so
+# from_pretrained works without trust_remote_code.
+AutoConfig.register("gptlite", GPTLiteConfig, exist_ok=True)
+AutoModelForCausalLM.register(GPTLiteConfig, GPTLiteForCausalLM, exist_ok=True)
+# save_pretrained then copies the two files and writes `auto_map`, so others load with trust_remote_code.
+GPTLiteConfig.register_for_auto_class()
+GPTLiteForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+
+
+def __getattr__(name: str):
+    # The tokenizer helpers import tiktoken/tokenizers; load them only when asked for.
+    if name in ("get_tokenizer", "get_hf_tokenizer", "save_tokenizer"):
+        from . import tokenization
+
+        return getattr(tokenization, name)
+    raise AttributeError(f"module 'gptlite' has no attribute {name!r}")
+
+
+__all__ = ["GPTLiteConfig", "GPTLiteForCausalLM", "GPTLitePreTrainedModel", "get_tokenizer", "get_hf_tokenizer"]

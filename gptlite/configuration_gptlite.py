@@ -1,0 +1,118 @@
+"""Configuration of gptlite: the book's `GPT_CONFIG_124M` keys as a Hugging Face config.
+
+This file travels to the Hub as remote code next to `modeling_gptlite.py`: it imports only
+transformers and huggingface_hub (which transformers itself depends on).
+"""
+
+from __future__ import annotations
+
+from huggingface_hub.dataclasses import strict
+from transformers import PretrainedConfig
+
+# The book's `model_configs` (chapter 5): OpenAI's four GPT-2 sizes. They all use a 1024-token
+# context, biases on the query/key/value projections and an output head tied to the embedding.
+_PRESETS: dict[str, dict[str, int]] = {
+    "gpt2-small": {"emb_dim": 768, "n_layers": 12, "n_heads": 12},
+    "gpt2-medium": {"emb_dim": 1024, "n_layers": 24, "n_heads": 16},
+    "gpt2-large": {"emb_dim": 1280, "n_layers": 36, "n_heads": 20},
+    "gpt2-xl": {"emb_dim": 1600, "n_layers": 48, "n_heads": 25},
+}
+_PRESET_ALIASES = {"gpt2": "gpt2-small", "124M": "gpt2-small", "355M": "gpt2-medium",
+                   "774M": "gpt2-large", "1558M": "gpt2-xl"}
+_INITIALIZERS = ("gpt2", "book")
+
+
+@strict(accept_kwargs=True)
+class GPTLiteConfig(PretrainedConfig):
+    """Configuration of a gptlite model, with the field names of the book's `GPT_CONFIG_124M`.
+
+    `GPTLiteConfig(**GPT_CONFIG_124M)` accepts the book's dictionary unchanged. Transformers' generic
+    names (`hidden_size`, `num_attention_heads`, `num_hidden_layers`, `max_position_embeddings`,
+    `n_positions`) read and write the book's fields through `attribute_map`.
+
+    Args:
+        vocab_size: Number of token ids (GPT-2's BPE has 50,257).
+        context_length: Longest sequence the learned position embedding covers.
+        emb_dim: Width of the residual stream.
+        n_heads: Attention heads per block; must divide `emb_dim`.
+        n_layers: Number of transformer blocks.
+        drop_rate: Dropout after the embeddings, on the attention weights and on both residual branches.
+        qkv_bias: Whether the query, key and value projections have biases (GPT-2's weights do).
+        layer_norm_eps: Epsilon of every LayerNorm.
+        initializer_range: Standard deviation of GPT-2's normal initialisation.
+        initializer: `"gpt2"` (normal init, residual projections scaled by 1/sqrt(2·n_layers)) or
+            `"book"` (PyTorch's default init, exactly as the book's `GPTModel` draws it).
+        tie_word_embeddings: Share the output head with the token embedding (GPT-2 does, the book does not).
+        use_cache: Whether `forward` returns a key/value cache by default.
+    """
+
+    model_type = "gptlite"
+    keys_to_ignore_at_inference = ["past_key_values"]
+    attribute_map = {
+        "hidden_size": "emb_dim",
+        "num_attention_heads": "n_heads",
+        "num_hidden_layers": "n_layers",
+        "max_position_embeddings": "context_length",
+        "n_positions": "context_length",
+    }
+
+    vocab_size: int = 50257
+    context_length: int = 256
+    emb_dim: int = 768
+    n_heads: int = 12
+    n_layers: int = 12
+    # `float | int`: the book writes `drop_rate: 0.0`, but users also write 0.
+    drop_rate: float | int = 0.1
+    qkv_bias: bool = False
+    layer_norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+    initializer: str = "gpt2"
+    use_cache: bool = True
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = 50256
+    eos_token_id: int | list[int] | None = 50256
+    pad_token_id: int | None = None
+
+    def __post_init__(self, **kwargs):
+        # Validate here as well as in `validate_architecture` so that a bad value raises a plain
+        # ValueError, not huggingface_hub's wrapper exception.
+        self.validate_architecture()
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self) -> None:
+        """Reject impossible shapes, naming the field and its value."""
+        for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"GPTLiteConfig.{name} must be a positive integer, got {value!r}")
+        if self.emb_dim % self.n_heads != 0:
+            raise ValueError(
+                f"GPTLiteConfig.emb_dim={self.emb_dim} is not divisible by n_heads={self.n_heads}: "
+                f"each head needs emb_dim / n_heads dimensions"
+            )
+        if not 0.0 <= self.drop_rate < 1.0:
+            raise ValueError(f"GPTLiteConfig.drop_rate must be in [0, 1), got {self.drop_rate!r}")
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"GPTLiteConfig.layer_norm_eps must be positive, got {self.layer_norm_eps!r}")
+        if self.initializer not in _INITIALIZERS:
+            raise ValueError(f"GPTLiteConfig.initializer must be one of {_INITIALIZERS}, got {self.initializer!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.emb_dim // self.n_heads
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> GPTLiteConfig:
+        """The book's GPT-2 sizes: `gpt2-small`, `gpt2-medium`, `gpt2-large`, `gpt2-xl`.
+
+        All use context 1024, `qkv_bias=True` and tied embeddings, like OpenAI's weights; keyword
+        arguments override any field (for example `drop_rate=0.0`).
+        """
+        key = _PRESET_ALIASES.get(name, name)
+        if key not in _PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(_PRESETS)}")
+        fields = {**_PRESETS[key], "context_length": 1024, "qkv_bias": True, "tie_word_embeddings": True}
+        return cls(**{**fields, **overrides})
+
+
+__all__ = ["GPTLiteConfig"]

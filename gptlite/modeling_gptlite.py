@@ -1,0 +1,344 @@
+"""The GPT of "Build a Large Language Model (From Scratch)" as a Hugging Face causal language model.
+
+Module and parameter names are the book's (`tok_emb`, `trf_blocks.{i}.att.W_query`, `ff.layers.0`,
+`norm1.scale`, `out_head`, ...), so a state dict of the book's `GPTModel` loads 1:1. The maths is the
+book's and GPT-2's: learned positions, pre-LayerNorm blocks, tanh-approximated GELU, eps 1e-5.
+
+This file travels to the Hub as remote code: it imports only torch, transformers and its sibling
+configuration module.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation import GenerationMixin
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.utils import can_return_tuple
+
+from .configuration_gptlite import GPTLiteConfig
+
+
+class LayerNorm(nn.Module):
+    """The book's LayerNorm: `scale`/`shift` parameters, biased variance, eps inside the square root."""
+
+    def __init__(self, emb_dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.scale = nn.Parameter(torch.ones(emb_dim))
+        self.shift = nn.Parameter(torch.zeros(emb_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Same maths as the book's mean/var formulation, in one fused kernel.
+        return F.layer_norm(x, (x.shape[-1],), self.scale, self.shift, self.eps)
+
+
+class GELU(nn.Module):
+    """GPT-2's tanh approximation of GELU, as the book writes it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x, approximate="tanh")
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: GPTLiteConfig):
+        super().__init__()
+        # `layers.0` and `layers.2` are the book's (and GPT-2's c_fc / c_proj) parameter names.
+        self.layers = nn.Sequential(
+            nn.Linear(config.emb_dim, 4 * config.emb_dim),
+            GELU(),
+            nn.Linear(4 * config.emb_dim, config.emb_dim),
+        )
+        self.layers[2].is_residual_projection = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The book's attention: scores, causal mask, softmax, dropout on the weights, weighted values."""
+    # query: (b, h, q, d); key/value: (b, h, k, d)
+    attn_scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (b, h, q, k)
+    if attention_mask is not None:
+        # An additive float mask from create_causal_mask: 0 where allowed, the dtype's minimum elsewhere.
+        attn_scores = attn_scores + attention_mask
+    attn_weights = torch.softmax(attn_scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    context = torch.matmul(attn_weights, value)  # (b, h, q, d)
+    return context.transpose(1, 2).contiguous(), attn_weights  # (b, q, h, d)
+
+
+class MultiHeadAttention(nn.Module):
+    """Causal multi-head self-attention with the book's projection names."""
+
+    def __init__(self, config: GPTLiteConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.num_heads = config.n_heads
+        self.head_dim = config.emb_dim // config.n_heads
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.drop_rate
+        self.is_causal = True
+        # Construction order matters for the book's initialisation: query, key, value, out_proj.
+        self.W_query = nn.Linear(config.emb_dim, config.emb_dim, bias=config.qkv_bias)
+        self.W_key = nn.Linear(config.emb_dim, config.emb_dim, bias=config.qkv_bias)
+        self.W_value = nn.Linear(config.emb_dim, config.emb_dim, bias=config.qkv_bias)
+        self.out_proj = nn.Linear(config.emb_dim, config.emb_dim)
+        # Read by _init_weights. (Transformers skips init hooks on modules without direct parameters in
+        # custom code, so the flag must sit on the Linear itself.)
+        self.out_proj.is_residual_projection = True
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch, seq_len, _ = hidden_states.shape
+        heads_shape = (batch, seq_len, self.num_heads, self.head_dim)
+        query = self.W_query(hidden_states).view(heads_shape).transpose(1, 2)  # (b, h, s, d)
+        key = self.W_key(hidden_states).view(heads_shape).transpose(1, 2)
+        value = self.W_value(hidden_states).view(heads_shape).transpose(1, 2)
+
+        if past_key_values is not None:
+            # Append this step's keys/values; attention then sees all cached positions.
+            key, value = past_key_values.update(key, value, self.layer_idx)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        context, attn_weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        context = context.reshape(batch, seq_len, -1)  # (b, s, h·d)
+        return self.out_proj(context), attn_weights
+
+
+class TransformerBlock(GradientCheckpointingLayer):
+    """Pre-LayerNorm block: x + drop(att(norm1(x))), then x + drop(ff(norm2(x)))."""
+
+    def __init__(self, config: GPTLiteConfig, layer_idx: int):
+        super().__init__()
+        self.att = MultiHeadAttention(config, layer_idx)
+        self.ff = FeedForward(config)
+        self.norm1 = LayerNorm(config.emb_dim, config.layer_norm_eps)
+        self.norm2 = LayerNorm(config.emb_dim, config.layer_norm_eps)
+        self.drop_shortcut = nn.Dropout(config.drop_rate)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attn_out, attn_weights = self.att(
+            self.norm1(hidden_states), attention_mask=attention_mask, past_key_values=past_key_values, **kwargs
+        )
+        hidden_states = hidden_states + self.drop_shortcut(attn_out)
+        hidden_states = hidden_states + self.drop_shortcut(self.ff(self.norm2(hidden_states)))
+        return hidden_states, attn_weights
+
+
+class GPTLitePreTrainedModel(PreTrainedModel):
+    config_class = GPTLiteConfig
+    base_model_prefix = ""
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["TransformerBlock"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+    # The book registers its causal mask as a persistent buffer; gptlite builds masks on the fly.
+    _keys_to_ignore_on_load_unexpected = [r"att\.mask$"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        if self.config.initializer == "book":
+            # PyTorch's defaults, as the book's GPTModel has them. A freshly built model keeps the draws
+            # made at construction (see GPTLiteForCausalLM.__init__); this only fills tensors that
+            # from_pretrained found missing.
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                module.reset_parameters()
+            elif isinstance(module, LayerNorm):
+                init.ones_(module.scale)
+                init.zeros_(module.shift)
+            return
+
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            if getattr(module, "is_residual_projection", False):
+                # GPT-2: projections into the residual stream scaled by 1/sqrt(N), N = 2 branches per block.
+                std = std / math.sqrt(2 * self.config.n_layers)
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, LayerNorm):
+            init.ones_(module.scale)
+            init.zeros_(module.shift)
+
+
+class GPTLiteForCausalLM(GPTLitePreTrainedModel, GenerationMixin):
+    """The book's `GPTModel` with Hugging Face's loading, saving, caching, loss and generation."""
+
+    _tied_weights_keys = {"out_head.weight": "tok_emb.weight"}
+
+    def __init__(self, config: GPTLiteConfig):
+        super().__init__(config)
+        # Construction order is the book's, so that the "book" initializer draws the same numbers.
+        self.tok_emb = nn.Embedding(config.vocab_size, config.emb_dim)
+        self.pos_emb = nn.Embedding(config.context_length, config.emb_dim)
+        self.drop_emb = nn.Dropout(config.drop_rate)
+        self.trf_blocks = nn.ModuleList(TransformerBlock(config, i) for i in range(config.n_layers))
+        self.final_norm = LayerNorm(config.emb_dim, config.layer_norm_eps)
+        self.out_head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
+        self.gradient_checkpointing = False
+
+        if config.initializer == "book":
+            # Keep PyTorch's construction-time draws: mark them initialised so post_init skips them.
+            # Tensors on the meta device (from_pretrained) hold nothing yet and stay unmarked.
+            for param in self.parameters():
+                if not param.is_meta:
+                    param._is_hf_initialized = True
+        self.post_init()
+        if self.generation_config is not None and self.generation_config.pad_token_id is None:
+            # GPT-2 has no padding token; generating batches pads with <|endoftext|>.
+            self.generation_config.pad_token_id = config.eos_token_id
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.tok_emb
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.tok_emb = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.out_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.out_head = new_embeddings
+
+    def _check_inputs(self, input_ids: torch.Tensor | None, seq_len: int, past_len: int) -> None:
+        if past_len + seq_len > self.config.context_length:
+            raise ValueError(
+                f"sequence of {past_len + seq_len} tokens ({past_len} cached + {seq_len} new) exceeds "
+                f"the model's context_length of {self.config.context_length}"
+            )
+        if input_ids is None or input_ids.numel() == 0 or torch.compiler.is_compiling():
+            return
+        low, high = int(input_ids.min()), int(input_ids.max())
+        if low < 0 or high >= self.config.vocab_size:
+            bad = high if high >= self.config.vocab_size else low
+            raise ValueError(
+                f"token id {bad} is outside the vocabulary: ids must be in [0, vocab_size={self.config.vocab_size})"
+            )
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Logits for every position (or the last `logits_to_keep`), and the loss when `labels` are given.
+
+        `labels` are the input ids themselves (shifted inside, -100 ignored), as in transformers.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        if self.gradient_checkpointing and self.training:
+            use_cache = False  # recomputed blocks would append to the cache twice
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+
+        seq_len = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+        self._check_inputs(input_ids, seq_len, past_len)
+
+        if inputs_embeds is None:
+            inputs_embeds = self.tok_emb(input_ids)  # (b, s, e)
+        if position_ids is None:
+            position_ids = torch.arange(past_len, past_len + seq_len, device=inputs_embeds.device).unsqueeze(0)
+        hidden_states = self.drop_emb(inputs_embeds + self.pos_emb(position_ids))  # (b, s, e)
+
+        # One mask for all blocks: None when SDPA's is_causal suffices, else boolean (SDPA) or additive (eager).
+        mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=hidden_states,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            position_ids=position_ids,
+        )
+
+        all_hidden_states = () if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for block in self.trf_blocks:
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            hidden_states, attn_weights = block(
+                hidden_states, attention_mask=mask, past_key_values=past_key_values, **kwargs
+            )
+            if output_attentions:
+                all_attentions += (attn_weights,)
+        hidden_states = self.final_norm(hidden_states)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
+
+        # Generation needs only the last position's logits: skip the vocabulary projection elsewhere.
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.out_head(hidden_states[:, keep, :])  # (b, kept, vocab)
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=past_key_values if use_cache else None,
+            hidden_states=all_hidden_states,
+            attentions=all_attentions,
+        )
+
+
+__all__ = ["GPTLiteForCausalLM", "GPTLitePreTrainedModel"]
