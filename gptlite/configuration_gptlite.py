@@ -17,8 +17,13 @@ _PRESETS: dict[str, dict[str, int]] = {
     "gpt2-large": {"emb_dim": 1280, "n_layers": 36, "n_heads": 20},
     "gpt2-xl": {"emb_dim": 1600, "n_layers": 48, "n_heads": 25},
 }
-_PRESET_ALIASES = {"gpt2": "gpt2-small", "124M": "gpt2-small", "355M": "gpt2-medium",
-                   "774M": "gpt2-large", "1558M": "gpt2-xl"}
+_PRESET_ALIASES = {
+    "gpt2": "gpt2-small",
+    "124M": "gpt2-small",
+    "355M": "gpt2-medium",
+    "774M": "gpt2-large",
+    "1558M": "gpt2-xl",
+}
 _INITIALIZERS = ("gpt2", "book")
 
 
