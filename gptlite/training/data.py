@@ -1,0 +1,376 @@
+"""Training data: text sources → GPT-2 tokens (cached) → the book's sliding windows → DataLoaders.
+
+Entry point: :func:`build_dataloaders`. The pieces are :func:`tokenize_documents`,
+:func:`load_token_splits` (tokenize once, cache on disk), :func:`build_datasets` and, in
+:mod:`gptlite.training.sources` and :mod:`gptlite.training.windows`, the sources and the windows.
+
+Train/validation split when no separate validation data is given:
+
+* **one document** (e.g. a single text file): the book's character split,
+  ``split_idx = int(train_ratio * len(text))``; each side is tokenized separately, so
+  ``the-verdict.txt`` gives exactly the book's windows.
+* **several documents**: the documents are tokenized and joined (``<|endoftext|>`` between them) in
+  source order, and the token stream is cut at ``int(train_ratio * n_tokens)``.
+* **streaming**: the total is unknown in advance, so every ``k``-th document goes to validation with
+  ``k = round(1 / (1 - train_ratio))`` (every 10th for 0.9).
+
+With ``train_ratio = 1`` and no validation data there is no validation loader (None).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from gptlite.training.sources import TextSource, read_text_file, resolve_files, single_document
+from gptlite.training.windows import StreamingWindows, TokenWindows, num_windows
+
+__all__ = [
+    "DataConfig",
+    "build_dataloaders",
+    "build_datasets",
+    "default_cache_dir",
+    "load_token_splits",
+    "tokenize_documents",
+    "train_source",
+    "validation_source",
+]
+
+CACHE_VERSION = 1
+TOKEN_DTYPE = np.uint16  # GPT-2's 50257 ids fit; halves the cache and memory of int32
+
+
+@dataclass
+class DataConfig:
+    """Where the training text comes from and how it becomes windows. Defaults follow chapter 5."""
+
+    data: list[str] = field(default_factory=list)
+    """Local text files, folders (searched recursively) and globs; JSONL/CSV/Parquet use ``text_column``.
+    Empty with no ``dataset``: the built-in corpus (CPython's ``pydoc_data.topics``)."""
+    dataset: str | None = None
+    """🤗 Hub dataset name for ``datasets.load_dataset`` (needs network the first time)."""
+    dataset_config: str | None = None
+    """Configuration (subset) name of the Hub dataset."""
+    dataset_split: str = "train"
+    """Split of the Hub dataset used for training."""
+    validation_data: list[str] = field(default_factory=list)
+    """Separate validation files/folders/globs; when given (or ``validation_split``), ``train_ratio`` is unused."""
+    validation_split: str | None = None
+    """Split of the Hub ``dataset`` used for validation (e.g. ``"validation"``)."""
+    text_column: str = "text"
+    """Column holding the text in JSONL/CSV/Parquet files and Hub datasets."""
+    streaming: bool = False
+    """Tokenize on the fly and never hold the corpus in memory (no cache; see the module docstring for the split)."""
+    context_length: int = 256
+    """Tokens per training window (the model's context length; 256 in chapter 5)."""
+    stride: int | None = None
+    """Step between window starts; None means ``context_length`` (non-overlapping, as the book trains)."""
+    train_ratio: float = 0.9
+    """Share of the corpus used for training when there is no separate validation data (0.9 as the book)."""
+    eot_as_special: bool = False
+    """Tokenize a literal ``<|endoftext|>`` inside a document as the special token 50256 instead of as text."""
+    num_proc: int | None = None
+    """Processes for the tokenizing ``Dataset.map`` (None: one)."""
+    cache_dir: str | None = None
+    """Folder of the token cache (None: ``$XDG_CACHE_HOME/gptlite/tokens`` or ``~/.cache/gptlite/tokens``)."""
+    shuffle_buffer: int = 10_000
+    """Streaming only: windows held in the shuffle buffer of the training stream."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, (str, os.PathLike)):
+            self.data = [os.fspath(self.data)]
+        if isinstance(self.validation_data, (str, os.PathLike)):
+            self.validation_data = [os.fspath(self.validation_data)]
+        if self.context_length < 1:
+            raise ValueError(f"context_length must be >= 1, got {self.context_length}")
+        if self.stride is not None and self.stride < 1:
+            raise ValueError(f"stride must be >= 1, got {self.stride}")
+        if not 0.0 < self.train_ratio <= 1.0:
+            raise ValueError(f"train_ratio must be in (0, 1], got {self.train_ratio}")
+        if self.data and self.dataset is not None:
+            raise ValueError("give either data (local files) or dataset (Hub), not both")
+        if self.validation_split is not None and self.dataset is None:
+            raise ValueError("validation_split selects a split of a Hub dataset; use validation_data for files")
+
+    @property
+    def window_stride(self) -> int:
+        return self.context_length if self.stride is None else self.stride
+
+    @property
+    def has_validation_source(self) -> bool:
+        return bool(self.validation_data) or self.validation_split is not None
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/gptlite/tokens``, or ``~/.cache/gptlite/tokens``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gptlite" / "tokens"
+
+
+def _hf_cache_dir(config: DataConfig) -> str | None:
+    return None if config.cache_dir is None else str(Path(config.cache_dir) / "hf-datasets")
+
+
+def train_source(config: DataConfig) -> TextSource:
+    """The training corpus of ``config`` (files resolved now, so missing paths fail early)."""
+    return TextSource(
+        files=tuple(resolve_files(config.data)),
+        dataset=config.dataset,
+        dataset_config=config.dataset_config,
+        dataset_split=config.dataset_split,
+        text_column=config.text_column,
+        hf_cache_dir=_hf_cache_dir(config),
+    )
+
+
+def validation_source(config: DataConfig) -> TextSource | None:
+    """The separate validation corpus of ``config``, or None if validation is split off the training data."""
+    if config.validation_data:
+        files = tuple(resolve_files(config.validation_data))
+        return TextSource(files=files, text_column=config.text_column, hf_cache_dir=_hf_cache_dir(config))
+    if config.validation_split is not None:
+        return TextSource(
+            dataset=config.dataset,
+            dataset_config=config.dataset_config,
+            dataset_split=config.validation_split,
+            text_column=config.text_column,
+            hf_cache_dir=_hf_cache_dir(config),
+        )
+    return None
+
+
+# -- tokenization ---------------------------------------------------------------------------------
+
+
+def _encode_batch(batch: dict, indices: list[int], eot_as_special: bool, eot_before_first: bool) -> dict:
+    from gptlite.tokenization import EOT_ID, EOT_TOKEN, get_tokenizer
+
+    texts = batch["text"] if "text" in batch else [read_text_file(Path(p)) for p in batch["path"]]
+    allowed = {EOT_TOKEN} if eot_as_special else set()
+    encoded = get_tokenizer().encode_batch([t or "" for t in texts], allowed_special=allowed, disallowed_special=())
+    # <|endoftext|> goes *between* documents: before every one but the very first of the corpus.
+    return {"ids": [ids if i == 0 and not eot_before_first else [EOT_ID, *ids] for i, ids in zip(indices, encoded)]}
+
+
+def tokenize_documents(parts, eot_as_special: bool = False, num_proc: int | None = None) -> np.ndarray:
+    """Tokenize documents with a batched (optionally multi-process) ``Dataset.map``; return one joined stream.
+
+    ``parts`` are ``datasets.Dataset`` objects with a ``text`` column, or a ``path`` column naming text
+    files (read inside the map), or lists of document strings. Documents are joined with ``<|endoftext|>``
+    (50256) between them. A literal ``<|endoftext|>`` in a document is tokenized as text, or as the
+    special token if ``eot_as_special``; it never raises.
+    """
+    import datasets
+
+    features = datasets.Features({"ids": datasets.List(datasets.Value("uint16"))})
+    pieces, docs_before = [], 0
+    for part in parts:
+        if isinstance(part, list):
+            part = datasets.Dataset.from_dict({"text": part})
+        if part.num_rows == 0:
+            continue
+        procs = min(num_proc or 1, part.num_rows)
+        mapped = part.map(
+            _encode_batch,
+            with_indices=True,
+            batched=True,
+            remove_columns=part.column_names,
+            features=features,
+            num_proc=procs if procs > 1 else None,
+            fn_kwargs={"eot_as_special": eot_as_special, "eot_before_first": docs_before > 0},
+            desc="Tokenizing",
+        )
+        docs_before += part.num_rows
+        for table in mapped.with_format("arrow").iter(batch_size=10_000):
+            pieces.extend(chunk.flatten().to_numpy(zero_copy_only=False) for chunk in table.column("ids").chunks)
+    if not pieces:
+        return np.zeros(0, dtype=TOKEN_DTYPE)
+    return np.concatenate(pieces).astype(TOKEN_DTYPE, copy=False)
+
+
+# -- cache ----------------------------------------------------------------------------------------
+
+
+def _cache_key(config: DataConfig, train: TextSource, val: TextSource | None) -> str:
+    from gptlite.tokenization import ENCODER_JSON_SHA256, N_VOCAB, VOCAB_BPE_SHA256
+
+    split = "separate" if val is not None else ("none" if config.train_ratio >= 1 else config.train_ratio)
+    key = [
+        CACHE_VERSION,
+        ["gpt2", N_VOCAB, ENCODER_JSON_SHA256, VOCAB_BPE_SHA256],
+        ["eot_as_special", config.eot_as_special],
+        ["split", split],
+        train.fingerprint(),
+        None if val is None else val.fingerprint(),
+    ]
+    return hashlib.sha256(json.dumps(key, default=str).encode("utf-8")).hexdigest()[:24]
+
+
+def _tokenize_splits(config: DataConfig, train: TextSource, val: TextSource | None):
+    tok = {"eot_as_special": config.eot_as_special, "num_proc": config.num_proc}
+    if val is not None:
+        return tokenize_documents(train.parts(), **tok), tokenize_documents(val.parts(), **tok)
+    parts = train.parts()
+    if config.train_ratio >= 1:
+        return tokenize_documents(parts, **tok), None
+    text = single_document(parts)
+    if text is not None:  # the book: split the text at train_ratio of its characters
+        split_idx = int(config.train_ratio * len(text))
+        return tokenize_documents([[text[:split_idx]]], **tok), tokenize_documents([[text[split_idx:]]], **tok)
+    ids = tokenize_documents(parts, **tok)
+    cut = int(config.train_ratio * len(ids))
+    return ids[:cut], ids[cut:]
+
+
+def load_token_splits(config: DataConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    """Train and validation token streams (uint16 arrays; validation None if there is none), tokenized once.
+
+    The result is cached under ``config.cache_dir`` keyed by a hash of the sources (local files' paths,
+    sizes and modification times; a Hub dataset's fingerprint; the built-in corpus's text), the
+    tokenizer, ``eot_as_special``, the text column and the split, so a second run memory-maps the
+    saved ``.npy`` arrays instead of tokenizing. Not for ``streaming``.
+    """
+    train, val = train_source(config), validation_source(config)
+    folder = Path(config.cache_dir) if config.cache_dir is not None else default_cache_dir()
+    entry = folder / _cache_key(config, train, val)
+    if (entry / "meta.json").is_file():
+        train_ids = np.load(entry / "train.npy", mmap_mode="r")
+        val_ids = np.load(entry / "val.npy", mmap_mode="r") if (entry / "val.npy").is_file() else None
+        return train_ids, val_ids
+
+    train_ids, val_ids = _tokenize_splits(config, train, val)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=folder))
+    np.save(tmp / "train.npy", train_ids)
+    if val_ids is not None:
+        np.save(tmp / "val.npy", val_ids)
+    meta = {"train": train.describe(), "validation": None if val is None else val.describe()}
+    meta |= {"train_tokens": int(len(train_ids)), "val_tokens": None if val_ids is None else int(len(val_ids))}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    try:
+        tmp.rename(entry)
+    except OSError:  # another process (e.g. another rank) finished first: keep its copy
+        shutil.rmtree(tmp, ignore_errors=True)
+    return train_ids, val_ids
+
+
+# -- datasets and loaders -------------------------------------------------------------------------
+
+
+def _too_few_tokens(name: str, n_tokens: int, context_length: int, hint: str) -> ValueError:
+    return ValueError(
+        f"{name} split has {n_tokens} tokens, fewer than one window of context_length+1 = "
+        f"{context_length + 1} tokens; {hint}"
+    )
+
+
+def _hints(config: DataConfig) -> tuple[str, str]:
+    val_hint = "add validation data" if config.has_validation_source else "raise the validation share"
+    return "lower --context-length or add training data", f"lower --context-length or {val_hint}"
+
+
+@dataclass(frozen=True)
+class _SplitDocuments:
+    """Picklable document stream for :class:`StreamingWindows`: all, or the train or validation documents."""
+
+    source: TextSource
+    keep: str = "all"
+    every: int = 0  # every `every`-th document is validation
+
+    def __call__(self) -> Iterator[str]:
+        for i, doc in enumerate(self.source.iter_documents()):
+            is_val = self.every > 0 and i % self.every == self.every - 1
+            if self.keep == "all" or (self.keep == "val") == is_val:
+                yield doc
+
+
+def build_datasets(config: DataConfig, seed: int = 0, shuffle: bool = True):
+    """Training and validation window datasets (validation None without validation data and ratio 1).
+
+    Map-style :class:`TokenWindows` (items ``(input_ids, target_ids)``, like the book's ``GPTDatasetV1``),
+    or :class:`StreamingWindows` with ``config.streaming`` (``seed``/``shuffle`` drive its shuffle buffer).
+
+    Raises:
+        ValueError: giving the numbers when a split has fewer tokens than one window.
+    """
+    length, stride = config.context_length, config.window_stride
+    train_hint, val_hint = _hints(config)
+    if config.streaming:
+        train, val = train_source(config), validation_source(config)
+        every = 0 if val is not None or config.train_ratio >= 1 else max(2, round(1 / (1 - config.train_ratio)))
+        common = {"max_length": length, "stride": stride, "eot_as_special": config.eot_as_special}
+        train_ds = StreamingWindows(
+            _SplitDocuments(train, "train" if every else "all", every),
+            shuffle_buffer=config.shuffle_buffer if shuffle else 0,
+            seed=seed,
+            hint=train_hint,
+            **common,
+        )
+        if val is None and not every:
+            return train_ds, None
+        val_docs = _SplitDocuments(val, "all") if val is not None else _SplitDocuments(train, "val", every)
+        return train_ds, StreamingWindows(val_docs, name="validation", hint=val_hint, **common)
+
+    train_ids, val_ids = load_token_splits(config)
+    if num_windows(len(train_ids), length, stride) == 0:
+        raise _too_few_tokens("training", len(train_ids), length, train_hint)
+    if val_ids is not None and num_windows(len(val_ids), length, stride) == 0:
+        raise _too_few_tokens("validation", len(val_ids), length, val_hint)
+    val_ds = None if val_ids is None else TokenWindows(val_ids, length, stride)
+    return TokenWindows(train_ids, length, stride), val_ds
+
+
+def build_dataloaders(
+    config: DataConfig,
+    batch_size: int,
+    seed: int | None = None,
+    shuffle: bool = True,
+    num_workers: int = 0,
+) -> tuple[DataLoader, DataLoader | None]:
+    """The training and validation DataLoaders, as chapter 5 builds them.
+
+    Training: ``DataLoader(train, batch_size, shuffle=True, drop_last=True, num_workers=0)``. With
+    ``seed=None`` the shuffling draws from the global torch generator exactly like the book's loader
+    (call ``torch.manual_seed`` first); with a seed it uses its own ``torch.Generator``. Validation:
+    ``shuffle=False, drop_last=False``; None if there is no validation data (``train_ratio=1``).
+
+    Raises:
+        ValueError: with the numbers, when a split is shorter than one window or the training split
+            is shorter than one batch (the last incomplete batch is dropped).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if config.streaming:
+        stream_seed = seed if seed is not None else int(torch.empty((), dtype=torch.int64).random_().item())
+        train_ds, val_ds = build_datasets(config, seed=stream_seed, shuffle=shuffle)
+        train_loader = DataLoader(train_ds, batch_size=batch_size, drop_last=True, num_workers=num_workers)
+    else:
+        train_ds, val_ds = build_datasets(config)
+        if len(train_ds) < batch_size:
+            raise ValueError(
+                f"training split gives {len(train_ds)} window(s) of {config.context_length} tokens, fewer than "
+                f"one batch of {batch_size} (the last incomplete batch is dropped); lower --batch-size or "
+                "--context-length, or add training data"
+            )
+        generator = None if seed is None else torch.Generator().manual_seed(seed)
+        train_loader = DataLoader(
+            train_ds,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=True,
+            num_workers=num_workers,
+            generator=generator,
+        )
+    val_loader = None
+    if val_ds is not None:
+        val_loader = DataLoader(val_ds, batch_size=batch_size, shuffle=False, drop_last=False, num_workers=num_workers)
+    return train_loader, val_loader

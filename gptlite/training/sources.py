@@ -1,0 +1,220 @@
+"""Where training text comes from: local files, folders and globs, Hub datasets, or the built-in corpus.
+
+A :class:`TextSource` turns into documents (one string each) in two ways: :meth:`TextSource.parts` gives
+🤗 ``datasets.Dataset`` objects to tokenize with ``Dataset.map``; :meth:`TextSource.iter_documents`
+yields the same documents one at a time for streaming. Both list documents in the same order.
+
+* A plain text file (``.txt``, ``.md``, ..., or any explicitly named file with another suffix) is one
+  document, read like the book reads ``the-verdict.txt`` (``open(path, encoding="utf-8").read()``).
+* A JSONL/JSON, CSV or Parquet file gives one document per row, from its ``text_column``.
+* A folder is searched recursively for the suffixes above (hidden files and folders skipped); a glob
+  (``*``, ``?``, ``[``; ``**`` recurses) keeps the matches with those suffixes. Both are sorted.
+* With neither files nor a Hub dataset, the source is the built-in corpus (:func:`default_corpus`).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "TABLE_FORMATS",
+    "TEXT_SUFFIXES",
+    "TextSource",
+    "default_corpus",
+    "resolve_files",
+    "single_document",
+]
+
+TEXT_SUFFIXES: tuple[str, ...] = (".txt", ".text", ".md", ".markdown", ".rst")
+TABLE_FORMATS: dict[str, str] = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+_KNOWN_SUFFIXES = (*TEXT_SUFFIXES, *TABLE_FORMATS)
+
+
+def default_corpus() -> list[str]:
+    """The built-in corpus: CPython's ``pydoc_data.topics.topics`` (about 465 KB of English), one document per topic.
+
+    Topics are ordered by name, so the corpus is the same on every run of a given Python version.
+    This is what ``gptlite-train`` trains on when given no data.
+    """
+    from pydoc_data.topics import topics
+
+    return [topics[name] for name in sorted(topics)]
+
+
+def _has_known_suffix(path: Path) -> bool:
+    return path.suffix.lower() in _KNOWN_SUFFIXES
+
+
+def _is_hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def resolve_files(specs: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Expand files, folders and globs into a sorted-per-spec, de-duplicated list of absolute file paths.
+
+    Raises:
+        FileNotFoundError: naming the path when it does not exist, or the folder/glob when it matches
+            no file with a supported suffix.
+    """
+    files: list[Path] = []
+    for spec in specs:
+        text = os.fspath(spec)
+        path = Path(text).expanduser()
+        if glob.has_magic(text):
+            found = [Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True)]
+            matched = sorted(p for p in found if p.is_file() and _has_known_suffix(p))
+            if not matched:
+                raise FileNotFoundError(f"no data files match {text!r} (looked for {', '.join(_KNOWN_SUFFIXES)})")
+        elif path.is_dir():
+            matched = sorted(
+                p for p in path.rglob("*") if p.is_file() and _has_known_suffix(p) and not _is_hidden(p, path)
+            )
+            if not matched:
+                raise FileNotFoundError(f"data folder {text} contains no files ending in {', '.join(_KNOWN_SUFFIXES)}")
+        elif path.is_file():
+            matched = [path]
+        else:
+            raise FileNotFoundError(f"data path {text} does not exist")
+        files.extend(p.resolve() for p in matched)
+    return list(dict.fromkeys(files))
+
+
+def read_text_file(path: Path) -> str:
+    # Text mode, as the book does: universal newlines turn "\r\n" into "\n".
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def _missing_column_error(path: Path | str, column: str, columns: Sequence[str] | None) -> KeyError:
+    have = ", ".join(columns) if columns else "none"
+    return KeyError(f"{path} has no text column {column!r} (columns: {have}); set text_column / --text-column")
+
+
+@dataclass(frozen=True)
+class TextSource:
+    """A corpus: local ``files`` (already resolved), a Hub ``dataset``, or, with neither, the built-in corpus."""
+
+    files: tuple[Path, ...] = ()
+    """Resolved local files (see :func:`resolve_files`)."""
+    dataset: str | None = None
+    """Hub dataset name (or a local dataset script/folder) for ``datasets.load_dataset``."""
+    dataset_config: str | None = None
+    """Hub dataset configuration name."""
+    dataset_split: str = "train"
+    """Split of the Hub dataset to read."""
+    text_column: str = "text"
+    """Column holding the text in tables and Hub datasets."""
+    hf_cache_dir: str | None = None
+    """``cache_dir`` passed to ``datasets.load_dataset`` (None: the 🤗 datasets default)."""
+
+    @property
+    def is_default(self) -> bool:
+        return not self.files and self.dataset is None
+
+    def describe(self) -> str:
+        """A short human-readable name for messages."""
+        if self.dataset is not None:
+            cfg = f" ({self.dataset_config})" if self.dataset_config else ""
+            return f"dataset {self.dataset}{cfg} split {self.dataset_split}"
+        if self.files:
+            return str(self.files[0]) if len(self.files) == 1 else f"{len(self.files)} files"
+        return "the built-in corpus (pydoc_data.topics)"
+
+    def fingerprint(self) -> list:
+        """What identifies this corpus's content, for the token cache key.
+
+        Local files: path, size and modification time. Built-in corpus: a hash of its text (it changes
+        with the Python version). Hub dataset: name, config, split and the loaded dataset's fingerprint.
+        """
+        base = ["text_column", self.text_column]
+        if self.dataset is not None:
+            ds = self._load_hub(streaming=False)
+            return [*base, "hub", self.dataset, self.dataset_config, self.dataset_split, ds._fingerprint]
+        if self.files:
+            stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in self.files]
+            return [*base, "files", stats]
+        digest = hashlib.sha256("\x00".join(default_corpus()).encode("utf-8")).hexdigest()
+        return [*base, "pydoc_data.topics", digest]
+
+    # -- map-style ------------------------------------------------------------------------------
+
+    def parts(self):
+        """Documents as ``datasets.Dataset`` objects, in order, each with a ``text`` or a ``path`` column.
+
+        A ``path`` row stands for a whole text file, read by the tokenizing map (in its worker process).
+        """
+        import datasets
+
+        if self.dataset is not None:
+            return [self._select_text(self._load_hub(streaming=False), self.describe())]
+        if not self.files:
+            return [datasets.Dataset.from_dict({"text": default_corpus()})]
+        parts, run = [], []  # consecutive plain-text files become one "path" part
+        for path in self.files:
+            fmt = TABLE_FORMATS.get(path.suffix.lower())
+            if fmt is None:
+                run.append(str(path))
+                continue
+            if run:
+                parts.append(datasets.Dataset.from_dict({"path": run}))
+                run = []
+            ds = datasets.load_dataset(fmt, data_files=[str(path)], split="train", cache_dir=self.hf_cache_dir)
+            parts.append(self._select_text(ds, path))
+        if run:
+            parts.append(datasets.Dataset.from_dict({"path": run}))
+        return parts
+
+    def _select_text(self, ds, where):
+        if self.text_column not in (ds.column_names or ()):
+            raise _missing_column_error(where, self.text_column, ds.column_names)
+        ds = ds.select_columns([self.text_column])
+        return ds.rename_column(self.text_column, "text") if self.text_column != "text" else ds
+
+    def _load_hub(self, streaming: bool):
+        import datasets
+
+        return datasets.load_dataset(
+            self.dataset,
+            self.dataset_config,
+            split=self.dataset_split,
+            streaming=streaming,
+            cache_dir=None if streaming else self.hf_cache_dir,
+        )
+
+    # -- streaming ------------------------------------------------------------------------------
+
+    def iter_documents(self) -> Iterator[str]:
+        """Yield the documents one at a time, in the same order as :meth:`parts`, without loading them all."""
+        if self.dataset is not None:
+            yield from self._iter_rows(self._load_hub(streaming=True), self.describe())
+        elif not self.files:
+            yield from default_corpus()
+        else:
+            import datasets
+
+            for path in self.files:
+                fmt = TABLE_FORMATS.get(path.suffix.lower())
+                if fmt is None:
+                    yield read_text_file(path)
+                else:
+                    ds = datasets.load_dataset(fmt, data_files=[str(path)], split="train", streaming=True)
+                    yield from self._iter_rows(ds, path)
+
+    def _iter_rows(self, ds, where) -> Iterator[str]:
+        for row in ds:
+            if self.text_column not in row:
+                raise _missing_column_error(where, self.text_column, list(row))
+            yield row[self.text_column] or ""
+
+
+def single_document(parts) -> str | None:
+    """The text if ``parts`` (from :meth:`TextSource.parts`) hold exactly one document, else None."""
+    if len(parts) != 1 or parts[0].num_rows != 1:
+        return None
+    row = parts[0][0]
+    return (row["text"] or "") if "text" in row else read_text_file(Path(row["path"]))
