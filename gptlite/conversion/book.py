@@ -1,0 +1,142 @@
+"""The book's `model.pth` (a `GPTModel` state dict) to a gptlite folder.
+
+gptlite keeps the book's parameter names, so the tensors are copied as they are; what this adds is the
+config the book kept in a Python dict, a check of every tensor against it, and the Hugging Face folder.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..configuration_gptlite import GPTLiteConfig
+from ..modeling_gptlite import GPTLiteForCausalLM
+from .common import ConversionResult, meta_model, parse_dtype, write_gptlite
+from .storage import ConversionError, TensorSource, load_torch_file
+
+__all__ = ["book_config", "from_book"]
+
+# The book registers its causal mask as a persistent buffer; gptlite builds masks on the fly.
+_IGNORED_SUFFIX = ".att.mask"
+
+
+def book_config(
+    preset: str | None = None, config: str | Path | Mapping[str, Any] | None = None
+) -> tuple[GPTLiteConfig, bool]:
+    """The config from exactly one of `preset` or `config`; also whether it sets tying explicitly.
+
+    `config` is a mapping with the book's keys (`GPT_CONFIG_124M`), a JSON string, or a JSON file path.
+    """
+    if (preset is None) == (config is None):
+        raise ConversionError("give exactly one of --preset NAME or --config JSON")
+    if preset is not None:
+        try:
+            return GPTLiteConfig.from_preset(preset), False
+        except ValueError as err:
+            raise ConversionError(f"--preset: {err}") from None
+    if isinstance(config, (str, Path)):
+        text = str(config)
+        source = "--config"
+        if not text.lstrip().startswith("{"):
+            source, text = text, Path(text).read_text()
+        try:
+            config = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConversionError(f"{source}: not valid JSON ({err})") from None
+    try:
+        return GPTLiteConfig(**config), "tie_word_embeddings" in config
+    except (TypeError, ValueError) as err:
+        raise ConversionError(f"--config: {err}") from None
+
+
+def _decide_tying(config: GPTLiteConfig, explicit: bool, source: TensorSource) -> None:
+    # The book's GPTModel never ties out_head to tok_emb, but after loading OpenAI's weights (chapter 5)
+    # the two hold equal values. Tie exactly when they are equal, unless the config decided.
+    names = source.names()
+    if "out_head.weight" not in names or "tok_emb.weight" not in names:
+        return  # the missing tensor is reported by the shape check
+    same = source.shape("out_head.weight") == source.shape("tok_emb.weight") and torch.equal(
+        source.get("out_head.weight"), source.get("tok_emb.weight")
+    )
+    if explicit and config.tie_word_embeddings and not same:
+        raise ConversionError(
+            f"{source.path}: --config sets tie_word_embeddings true, but out_head.weight differs from "
+            "tok_emb.weight; drop the setting to keep the head untied"
+        )
+    if not explicit:
+        config.tie_word_embeddings = same
+
+
+def _check_book_source(config: GPTLiteConfig, source: TensorSource) -> list[str]:
+    """The names to copy; every tensor the config needs, with its shape, and nothing else."""
+    model = meta_model(GPTLiteForCausalLM, config, torch.float32)
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    found = {name for name in source.names() if not name.endswith(_IGNORED_SUFFIX)}
+    if config.tie_word_embeddings:
+        expected.pop("out_head.weight")
+        found.discard("out_head.weight")  # equal to tok_emb.weight, checked above
+    for name, shape in expected.items():
+        if name not in found:
+            hint = " (the config sets qkv_bias true; the book's default is false)" if ".bias" in name else ""
+            raise ConversionError(f"{source.path}: tensor {name} is missing{hint}")
+        if source.shape(name) != shape:
+            raise ConversionError(
+                f"{source.path}: tensor {name} has shape {list(source.shape(name))}, but the config needs "
+                f"{list(shape)}"
+            )
+    extra = sorted(found - set(expected))
+    if extra:
+        hint = " (set qkv_bias true?)" if extra[0].endswith((".W_query.bias", ".W_key.bias")) else ""
+        raise ConversionError(
+            f"{source.path}: tensor {extra[0]} is not part of the configured model{hint} "
+            f"({len(extra)} unexpected tensors)"
+        )
+    return list(expected)
+
+
+def from_book(
+    pth: str | Path,
+    out: str | Path,
+    preset: str | None = None,
+    config: str | Path | Mapping[str, Any] | None = None,
+    dtype: str | torch.dtype | None = None,
+    verify: bool = False,
+) -> ConversionResult:
+    """Convert the book's saved `GPTModel` to a gptlite folder.
+
+    Args:
+        pth: `torch.save(model.state_dict(), "model.pth")`, or chapter 5's
+            `{"model_state_dict": ..., "optimizer_state_dict": ...}`; loaded with `weights_only=True`.
+        out: output folder.
+        preset: `gpt2-small` (124M), `gpt2-medium`, `gpt2-large`, `gpt2-xl`: the book's `model_configs`.
+        config: the book's config dict (e.g. `GPT_CONFIG_124M`), as a mapping, JSON string or JSON file.
+        dtype: `float32`, `float16` or `bfloat16`; default: the checkpoint's.
+        verify: compare logits with transformers' GPT-2 holding the same weights.
+
+    The head is tied to the token embedding exactly when `out_head.weight` equals `tok_emb.weight`
+    (as after loading OpenAI's weights), unless the config sets `tie_word_embeddings`.
+
+    Raises:
+        ConversionError: naming the tensor (and both shapes) that does not fit the config.
+    """
+    gptlite_config, explicit_tying = book_config(preset, config)
+    source = load_torch_file(pth, unwrap=("model_state_dict",))
+    _decide_tying(gptlite_config, explicit_tying, source)
+    names = _check_book_source(gptlite_config, source)
+
+    out_dtype = parse_dtype(dtype, default=source.get("tok_emb.weight").dtype)
+    write_gptlite(out, gptlite_config, out_dtype, ((name, source.get(name)) for name in names))
+    result = ConversionResult(Path(out), gptlite_config, out_dtype)
+    if verify:
+        from .configs import to_gpt2_config
+        from .export import gpt2_tensors
+        from .verify import compare_to_gptlite, gpt2_from_tensors
+
+        pairs = gpt2_tensors(gptlite_config, source.get)
+        reference = gpt2_from_tensors(to_gpt2_config(gptlite_config), pairs)
+        result.max_logit_diff = compare_to_gptlite(reference, out)
+    return result

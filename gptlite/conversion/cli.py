@@ -1,0 +1,92 @@
+"""`gptlite-convert`: GPT-2 checkpoints (Hugging Face, OpenAI) and the book's .pth in, plain GPT-2 out.
+
+    gptlite-convert from-hf gpt2 out/gpt2-lite --verify
+    gptlite-convert from-openai 124M out/gpt2-lite
+    gptlite-convert from-book model.pth out/book --preset gpt2-small
+    gptlite-convert to-hf out/gpt2-lite out/gpt2-plain
+
+Each subcommand calls the function of the same name in `gptlite.conversion` with the same arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .common import DTYPE_CHOICES, ConversionResult
+from .download import DownloadError
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gptlite-convert", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str, src: str, src_help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.add_argument(src, metavar=src.upper(), help=src_help)
+        sub.add_argument("out", metavar="OUT", help="output folder")
+        sub.add_argument("--dtype", choices=DTYPE_CHOICES, help="weights dtype (default: the source's)")
+        sub.add_argument("--verify", action="store_true",
+                         help="run source and result on the same tokens; print the largest logit difference")
+        return sub
+
+    sub = command("from-hf", "Hugging Face GPT-2 checkpoint -> gptlite", "src",
+                  "local folder, or a Hub id (gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2, ...)")
+    sub.add_argument("--cache-dir", help="Hugging Face cache for Hub downloads")
+    sub = command("from-openai", "OpenAI's TensorFlow GPT-2 release -> gptlite (no TensorFlow needed)", "src",
+                  "folder with checkpoint, hparams.json, model.ckpt.*; or 124M/355M/774M/1558M to download")
+    sub.add_argument("--cache-dir", help="where OpenAI downloads are kept (default ~/.cache/gptlite)")
+    sub = command("from-book", "the book's model.pth -> gptlite", "pth",
+                  "torch.save(model.state_dict()) or chapter 5's {'model_state_dict', ...}")
+    which = sub.add_mutually_exclusive_group(required=True)
+    which.add_argument("--preset", help="gpt2-small, gpt2-medium, gpt2-large or gpt2-xl")
+    which.add_argument("--config", help="the book's config dict as JSON (inline or a file)")
+    command("to-hf", "gptlite -> plain GPT2LMHeadModel folder (loads without trust_remote_code)", "src",
+            "gptlite folder")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> ConversionResult:
+    # Imported here so that `--help` stays fast (the converters import torch and transformers).
+    from . import book, export, hf, openai
+
+    common = {"dtype": args.dtype, "verify": args.verify}
+    if args.command == "from-hf":
+        return hf.from_hf(args.src, args.out, cache_dir=args.cache_dir, **common)
+    if args.command == "from-openai":
+        return openai.from_openai(args.src, args.out, cache_dir=args.cache_dir, **common)
+    if args.command == "from-book":
+        return book.from_book(args.pth, args.out, preset=args.preset, config=args.config, **common)
+    return export.to_hf(args.src, args.out, **common)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `gptlite-convert`; returns the exit status (0 ok, 1 conversion failed, 2 usage)."""
+    args = _parser().parse_args(argv)
+    from .storage import ConversionError
+
+    start = time.perf_counter()
+    try:
+        result = _run(args)
+    except (ConversionError, DownloadError, FileNotFoundError) as err:
+        print(f"gptlite-convert {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    config = result.config
+    print(
+        f"wrote {result.out_dir} ({config.model_type}, {config.num_hidden_layers} layers, "
+        f"{config.hidden_size} wide, vocab {config.vocab_size}, {str(result.dtype).removeprefix('torch.')}) "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
+    if result.max_logit_diff is not None:
+        print(f"verify: largest logit difference between source and result: {result.max_logit_diff:.3g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""gptlite to a plain Hugging Face `GPT2LMHeadModel` folder (no remote code needed to load it)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from transformers import GPT2LMHeadModel
+
+from ..configuration_gptlite import GPTLiteConfig
+from ..modeling_gptlite import GPTLiteForCausalLM
+from .common import ConversionResult, meta_model, parse_dtype, save_streaming
+from .configs import to_gpt2_config
+from .names import from_gptlite_layout, rows
+from .storage import ConversionError, SafetensorsSource, StateDictSource, TensorSource
+
+__all__ = ["gpt2_tensors", "to_hf"]
+
+_EMBEDDING_ROWS = ("transformer.wte.weight", "lm_head.weight")
+
+
+def gpt2_tensors(
+    config: GPTLiteConfig, get_gptlite: Callable[[str], torch.Tensor], vocab_size: int | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """GPT-2 (Hugging Face name, tensor) pairs of a gptlite model, converted one at a time.
+
+    Without query/key/value biases (`qkv_bias=False`) GPT-2's c_attn gets an exact zero bias. With
+    `vocab_size` smaller than the model's, the embedding and head rows past it are dropped.
+    """
+    for row in rows(config.n_layers, head=not config.tie_word_embeddings):
+        if row.hf.endswith("attn.c_attn.bias") and not config.qkv_bias:
+            dtype = get_gptlite(row.gptlite[0].replace(".bias", ".weight")).dtype
+            yield row.hf, torch.zeros(3 * config.emb_dim, dtype=dtype)
+            continue
+        tensor = from_gptlite_layout(row, [get_gptlite(name) for name in row.gptlite])
+        if vocab_size is not None and row.hf in _EMBEDDING_ROWS:
+            tensor = tensor[:vocab_size].contiguous()  # (vocab, emb) -> (vocab_size, emb)
+        yield row.hf, tensor
+
+
+def _open_gptlite(src: str | Path | GPTLiteForCausalLM) -> tuple[GPTLiteConfig, TensorSource]:
+    if isinstance(src, GPTLiteForCausalLM):
+        return src.config, StateDictSource(src.state_dict(), "<model>")
+    folder = Path(src)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} does not exist: expected a gptlite folder (save_pretrained)")
+    raw = json.loads(config_path.read_text())
+    if raw.get("model_type") != "gptlite":
+        raise ConversionError(f"{config_path}: model_type is {raw.get('model_type')!r}, not 'gptlite'")
+    config = GPTLiteConfig.from_pretrained(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted({folder / name for name in json.loads(index.read_text())["weight_map"].values()})
+    elif (folder / "model.safetensors").is_file():
+        files = [folder / "model.safetensors"]
+    else:
+        raise FileNotFoundError(f"{folder}: no model.safetensors or model.safetensors.index.json")
+    return config, SafetensorsSource(files)
+
+
+def _check_gptlite_source(config: GPTLiteConfig, source: TensorSource) -> None:
+    """Every tensor the model has, with its shape; nothing GPT-2 could not hold."""
+    model = meta_model(GPTLiteForCausalLM, config, torch.float32)
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    found = source.names()
+    if config.tie_word_embeddings:
+        expected.pop("out_head.weight")
+        found = found - {"out_head.weight"}  # some saves keep the tied copy
+    for name, shape in expected.items():
+        if name not in found:
+            raise ConversionError(f"{source.path}: tensor {name} is missing")
+        if source.shape(name) != shape:
+            raise ConversionError(
+                f"{source.path}: tensor {name} has shape {list(source.shape(name))}, "
+                f"config.json needs {list(shape)}"
+            )
+    extra = sorted(found - set(expected))
+    if extra:
+        raise ConversionError(
+            f"{source.path}: tensor {extra[0]} has no counterpart in GPT-2 ({len(extra)} such tensors), so "
+            "this model cannot be written as a GPT2LMHeadModel"
+        )
+
+
+def to_hf(
+    src: str | Path | GPTLiteForCausalLM,
+    out: str | Path,
+    dtype: str | torch.dtype | None = None,
+    verify: bool = False,
+) -> ConversionResult:
+    """Write a gptlite model as a plain `GPT2LMHeadModel` folder, with GPT-2's tokenizer files.
+
+    Every gptlite model is expressible as GPT-2 (see `configs.to_gpt2_config`). A vocabulary padded
+    beyond the tokenizer's 50,257 tokens is trimmed back to it: the logits of real tokens are unchanged.
+
+    Args:
+        src: a gptlite folder (as `save_pretrained` writes it) or a `GPTLiteForCausalLM`.
+        out: output folder, loadable with `GPT2LMHeadModel.from_pretrained` / `AutoModelForCausalLM`.
+        dtype: `float32`, `float16` or `bfloat16`; default: the source's.
+        verify: compare the written GPT-2 with the source model on the same tokens.
+
+    Raises:
+        ConversionError: for a folder that is not gptlite, or missing, misshapen or extra tensors.
+    """
+    from ..tokenization import N_VOCAB, save_tokenizer
+
+    config, source = _open_gptlite(src)
+    _check_gptlite_source(config, source)
+    vocab_size = N_VOCAB if config.vocab_size > N_VOCAB else None
+    gpt2_config = to_gpt2_config(config, vocab_size=vocab_size)
+
+    out_dtype = parse_dtype(dtype, default=source.get("tok_emb.weight").dtype)
+    model = meta_model(GPT2LMHeadModel, gpt2_config, out_dtype)
+    out = Path(out)
+    save_streaming(model, out, gpt2_tensors(config, source.get, vocab_size))
+    save_tokenizer(out, model_max_length=config.context_length)
+    result = ConversionResult(out, gpt2_config, out_dtype)
+    if verify:
+        from .verify import max_logit_difference
+
+        reference = src if isinstance(src, GPTLiteForCausalLM) else GPTLiteForCausalLM.from_pretrained(src)
+        candidate = GPT2LMHeadModel.from_pretrained(out, dtype=torch.float32)
+        result.max_logit_diff = max_logit_difference(reference, candidate)
+    return result

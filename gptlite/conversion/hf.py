@@ -1,0 +1,129 @@
+"""Hugging Face GPT-2 checkpoints (`GPT2LMHeadModel` folders or Hub ids) to gptlite."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..modeling_gptlite import GPTLiteForCausalLM
+from .common import (
+    ConversionResult,
+    check_gpt2_source,
+    expected_gpt2_shapes,
+    gpt2_tensors_to_gptlite,
+    meta_model,
+    parse_dtype,
+    write_gptlite,
+)
+from .configs import from_gpt2_config, read_gpt2_config
+from .download import hub_snapshot
+from .storage import ConversionError, SafetensorsSource, TensorSource, load_torch_file
+
+__all__ = ["from_hf", "open_hf_checkpoint"]
+
+# Buffers older transformers versions saved with the weights (the causal mask and its fill value).
+_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
+_PREFIX = "transformer."
+
+
+def _weights_source(folder: Path) -> TensorSource:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as err:
+            raise ConversionError(f"{index}: not a safetensors index (no weight_map: {err})") from None
+        return SafetensorsSource([folder / name for name in sorted(set(weight_map.values()))])
+    if (folder / "model.safetensors").is_file():
+        return SafetensorsSource([folder / "model.safetensors"])
+    if (folder / "pytorch_model.bin").is_file():
+        return load_torch_file(folder / "pytorch_model.bin")
+    raise FileNotFoundError(
+        f"{folder}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin"
+    )
+
+
+class _GPT2Checkpoint:
+    """A GPT-2 checkpoint's tensors under GPT2LMHeadModel's names, whatever prefix the file used.
+
+    Checkpoints saved from `GPT2Model` (like the original `gpt2` upload) lack the `transformer.` prefix.
+    """
+
+    def __init__(self, source: TensorSource):
+        self.source = source
+        self._names = {}
+        for name in source.names():
+            if name.endswith(_IGNORED_SUFFIXES):
+                continue
+            full = name if name.startswith(_PREFIX) or name == "lm_head.weight" else _PREFIX + name
+            self._names[full] = name
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {full: self.source.shape(name) for full, name in self._names.items()}
+
+    def get(self, name: str) -> torch.Tensor:
+        return self.source.get(self._names[name])
+
+
+def open_hf_checkpoint(src: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """A local folder as is; otherwise `src` is a Hub id, downloaded (or found in the cache)."""
+    path = Path(src)
+    if path.is_dir():
+        return path
+    if path.exists() or str(src).startswith((".", "/", "~")) or str(src).count("/") > 1:
+        raise FileNotFoundError(f"{src} is not a checkpoint folder (and not a Hugging Face Hub id)")
+    return hub_snapshot(str(src), cache_dir=cache_dir)
+
+
+def from_hf(
+    src: str | Path,
+    out: str | Path,
+    dtype: str | torch.dtype | None = None,
+    verify: bool = False,
+    cache_dir: str | Path | None = None,
+) -> ConversionResult:
+    """Convert a Hugging Face GPT-2 checkpoint to a gptlite folder.
+
+    Args:
+        src: a folder with config.json and model.safetensors (sharded or not) or pytorch_model.bin, or a
+            Hub id such as `gpt2`, `gpt2-medium`, `gpt2-large`, `gpt2-xl`, `distilgpt2`.
+        out: output folder (weights, config, remote code, tokenizer).
+        dtype: `float32`, `float16` or `bfloat16`; default: the checkpoint's.
+        verify: run both models on the same tokens and report the largest logit difference.
+        cache_dir: Hugging Face cache folder for Hub downloads.
+
+    Raises:
+        ConversionError: for options gptlite cannot express, and missing or wrongly shaped tensors.
+    """
+    folder = open_hf_checkpoint(src, cache_dir)
+    gpt2_config = read_gpt2_config(folder / "config.json")
+    config = from_gpt2_config(gpt2_config, where=str(folder / "config.json"))
+    checkpoint = _GPT2Checkpoint(_weights_source(folder))
+    found = checkpoint.shapes()
+
+    model = meta_model(GPTLiteForCausalLM, config, torch.float32)
+    expected = expected_gpt2_shapes(model)
+    hint = f"config.json ({config.n_layers} layers, emb_dim {config.emb_dim}, vocab {config.vocab_size})"
+    check_gpt2_source(found, expected, checkpoint.source.path, hint)
+    # With a tied head, a saved lm_head.weight is a copy of wte and is simply not used.
+    unexpected = sorted(set(found) - set(expected) - {"lm_head.weight"})
+    if unexpected:
+        raise ConversionError(
+            f"{checkpoint.source.path}: tensor {unexpected[0]} is not part of a GPT-2 language model "
+            f"({len(unexpected)} such tensors); gptlite has no place for it"
+        )
+
+    out_dtype = parse_dtype(dtype, default=checkpoint.get("transformer.wte.weight").dtype)
+    write_gptlite(out, config, out_dtype, gpt2_tensors_to_gptlite(config, checkpoint.get))
+    result = ConversionResult(Path(out), config, out_dtype)
+    if verify:
+        from transformers import GPT2LMHeadModel
+
+        from .verify import compare_to_gptlite
+
+        reference = GPT2LMHeadModel.from_pretrained(folder, dtype=torch.float32)
+        result.max_logit_diff = compare_to_gptlite(reference, out)
+    return result
+

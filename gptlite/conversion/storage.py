@@ -1,0 +1,214 @@
+"""Reading checkpoints one tensor at a time, and writing safetensors the same way.
+
+Peak memory stays near one tensor (plus the interpreter) rather than one model: sources are memory-mapped
+or read per tensor, and the output file's header is planned up front so each converted tensor can be
+written at its offset and dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+__all__ = [
+    "ConversionError",
+    "SafetensorsSource",
+    "StateDictSource",
+    "TensorSource",
+    "load_torch_file",
+    "write_safetensors",
+]
+
+# safetensors' dtype names (https://github.com/huggingface/safetensors, "Format").
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+class ConversionError(ValueError):
+    """A checkpoint cannot be converted; the message names the file, tensor, field or flag at fault."""
+
+
+class TensorSource(Protocol):
+    """A checkpoint's tensors by name, read one at a time."""
+
+    path: Path
+
+    def names(self) -> set[str]: ...
+
+    def shape(self, name: str) -> tuple[int, ...]: ...
+
+    def get(self, name: str) -> torch.Tensor: ...
+
+
+class SafetensorsSource:
+    """One or more `.safetensors` files (the shards of one checkpoint).
+
+    Each read opens the file anew: the tensor then owns the only reference to the memory map, so the
+    pages it touched are released as soon as the caller drops it.
+    """
+
+    def __init__(self, files: Sequence[str | Path]):
+        self.path = Path(files[0]).parent
+        self._where: dict[str, tuple[Path, tuple[int, ...]]] = {}
+        for file in map(Path, files):
+            try:
+                with safe_open(file, framework="pt") as f:
+                    for name in f.keys():
+                        self._where[name] = (file, tuple(f.get_slice(name).get_shape()))
+            except (SafetensorError, OSError) as err:
+                raise ConversionError(f"{file}: not a readable safetensors file ({err})") from None
+
+    def names(self) -> set[str]:
+        return set(self._where)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._where[name][1]
+
+    def get(self, name: str) -> torch.Tensor:
+        file = self._where[name][0]
+        with safe_open(file, framework="pt") as f:
+            return f.get_tensor(name)
+
+
+class StateDictSource:
+    """Tensors already in a mapping (a loaded, possibly memory-mapped, `torch.load` result)."""
+
+    def __init__(self, state_dict: Mapping[str, torch.Tensor], path: str | Path):
+        self.path = Path(path)
+        self._tensors = state_dict
+
+    def names(self) -> set[str]:
+        return set(self._tensors)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._tensors[name].shape)
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._tensors[name]
+
+
+def _torch_load(path: Path) -> object:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as err:
+        if "mmap" not in str(err):
+            raise
+    # Files in torch's legacy (pre-1.6, non-zip) format cannot be memory-mapped.
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_torch_file(path: str | Path, unwrap: Sequence[str] = ()) -> StateDictSource:
+    """A `torch.save` state dict, loaded with `weights_only=True` and memory-mapped where possible.
+
+    Args:
+        path: a `.bin` / `.pth` file.
+        unwrap: keys of a wrapping dict to look in, e.g. `"model_state_dict"` of the book's chapter 5
+            checkpoint (which also holds the optimizer's state).
+
+    Raises:
+        ConversionError: if the file is not a PyTorch checkpoint, holds anything but tensors (never
+            unpickled: `weights_only=True`), or is not a state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        obj = _torch_load(path)
+    except pickle.UnpicklingError as err:
+        raise ConversionError(
+            f"{path}: not loadable with torch.load(weights_only=True): it is not a PyTorch checkpoint, or "
+            f"it pickles objects other than tensors, which gptlite refuses to unpickle ({err})"
+        ) from None
+    except Exception as err:  # torch.load fails on foreign bytes with many exception types
+        raise ConversionError(f"{path}: not a PyTorch checkpoint ({type(err).__name__}: {err})") from None
+    if isinstance(obj, Mapping):
+        for key in unwrap:
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise ConversionError(f"{path}: expected a state dict (names to tensors), got {type(obj).__name__}")
+    not_tensors = sorted(str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor))
+    if not_tensors:
+        raise ConversionError(
+            f"{path}: expected a state dict, but {', '.join(not_tensors[:5])} "
+            f"{'is' if len(not_tensors) == 1 else 'are'} not tensors"
+        )
+    return StateDictSource(obj, path)
+
+
+def write_safetensors(
+    path: str | Path,
+    specs: Mapping[str, tuple[tuple[int, ...], torch.dtype]],
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    """Write a safetensors file whose tensors arrive one at a time, in any order.
+
+    The header is laid out from `specs` (name -> (shape, dtype)) before any data arrives. Each incoming
+    tensor is cast to its planned dtype, checked against its planned shape and written at its offset.
+    The file appears under `path` only once every planned tensor has been written.
+
+    Raises:
+        ConversionError: on an unplanned, repeated, wrongly shaped or missing tensor (naming it).
+    """
+    path = Path(path)
+    header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for name, (shape, dtype) in specs.items():
+        size = math.prod(shape) * dtype.itemsize
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]
+        }
+        offset += size
+    header_bytes = json.dumps(header, separators=(",", ":")).encode()
+    header_bytes += b" " * (-len(header_bytes) % 8)  # the format pads the header to 8-byte alignment
+    data_start = 8 + len(header_bytes)
+
+    partial = path.with_name(path.name + ".partial")
+    written: set[str] = set()
+    try:
+        with open(partial, "wb") as f:
+            f.write(struct.pack("<Q", len(header_bytes)) + header_bytes)
+            f.truncate(data_start + offset)
+            for name, tensor in tensors:
+                if name not in specs:
+                    raise ConversionError(f"{path.name}: tensor {name} is not part of the model")
+                if name in written:
+                    raise ConversionError(f"{path.name}: tensor {name} was produced twice")
+                shape, dtype = specs[name]
+                if tuple(tensor.shape) != tuple(shape):
+                    raise ConversionError(
+                        f"{path.name}: tensor {name} has shape {list(tensor.shape)}, expected {list(shape)}"
+                    )
+                data = tensor.detach().to(device="cpu", dtype=dtype).contiguous()
+                f.seek(data_start + header[name]["data_offsets"][0])
+                if data.numel():
+                    f.write(memoryview(data.view(-1).view(torch.uint8).numpy()))
+                written.add(name)
+                del tensor, data  # keep only one converted tensor alive at a time
+        missing = [name for name in specs if name not in written]
+        if missing:
+            raise ConversionError(f"{path.name}: no tensor was produced for {', '.join(missing)}")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
