@@ -125,14 +125,21 @@ def write_gptlite(
 
 
 def check_gpt2_source(
-    found: dict[str, tuple[int, ...] | None], expected: dict[str, tuple[int, ...]], where: Path, hint: str
+    found: dict[str, tuple[int, ...] | None],
+    expected: dict[str, tuple[int, ...]],
+    where: Path,
+    hint: str,
+    label: Callable[[str], str] = str,
 ) -> None:
-    """Every expected GPT-2 tensor present with its shape; `found[name]` is None when it is missing."""
+    """Every expected GPT-2 tensor present with its shape (Hugging Face layout).
+
+    `found[name]` is None (or absent) when the tensor is missing; `label(name)` is how the source names it.
+    """
     for name, shape in expected.items():
         actual = found.get(name)
         if actual is None:
-            raise ConversionError(f"{where}: tensor {name} is missing")
+            raise ConversionError(f"{where}: tensor {label(name)} is missing")
         if tuple(actual) != shape:
             raise ConversionError(
-                f"{where}: tensor {name} has shape {list(actual)}, but {hint} needs {list(shape)}"
+                f"{where}: tensor {label(name)} has shape {list(actual)}, but {hint} needs {list(shape)}"
             )

@@ -60,6 +60,10 @@ class _GPT2Checkpoint:
             full = name if name.startswith(_PREFIX) or name == "lm_head.weight" else _PREFIX + name
             self._names[full] = name
 
+    def file_name(self, name: str) -> str:
+        """The name the file uses for a GPT2LMHeadModel name."""
+        return self._names.get(name, name)
+
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {full: self.source.shape(name) for full, name in self._names.items()}
 
@@ -106,7 +110,7 @@ def from_hf(
     model = meta_model(GPTLiteForCausalLM, config, torch.float32)
     expected = expected_gpt2_shapes(model)
     hint = f"config.json ({config.n_layers} layers, emb_dim {config.emb_dim}, vocab {config.vocab_size})"
-    check_gpt2_source(found, expected, checkpoint.source.path, hint)
+    check_gpt2_source(found, expected, checkpoint.source.path, hint, checkpoint.file_name)
     # With a tied head, a saved lm_head.weight is a copy of wte and is simply not used.
     unexpected = sorted(set(found) - set(expected) - {"lm_head.weight"})
     if unexpected:

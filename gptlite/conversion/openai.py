@@ -38,6 +38,9 @@ class OpenAICheckpoint:
             raise ConversionError(str(err)) from None
         self._openai = {row.hf: row.openai for row in rows(n_layers, head=False)}
 
+    def openai_name(self, hf_name: str) -> str:
+        return self._openai[hf_name]
+
     def shapes(self) -> dict[str, tuple[int, ...] | None]:
         """Hugging Face name -> shape in Hugging Face's layout, or None where the variable is missing."""
         shapes = {}
@@ -91,7 +94,7 @@ def from_openai(
     checkpoint = OpenAICheckpoint(folder, config.n_layers)
     expected = expected_gpt2_shapes(meta_model(GPTLiteForCausalLM, config, torch.float32))
     hint = f"hparams.json ({config.n_layers} layers, n_embd {config.emb_dim}, n_vocab {config.vocab_size})"
-    check_gpt2_source(checkpoint.shapes(), expected, checkpoint.bundle.prefix, hint)
+    check_gpt2_source(checkpoint.shapes(), expected, checkpoint.bundle.prefix, hint, checkpoint.openai_name)
 
     out_dtype = parse_dtype(dtype, default=torch.float32)
     write_gptlite(out, config, out_dtype, gpt2_tensors_to_gptlite(config, checkpoint.get))
