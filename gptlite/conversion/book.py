@@ -90,7 +90,7 @@ def _check_book_source(config: GPTLiteConfig, source: TensorSource) -> list[str]
             )
     extra = sorted(found - set(expected))
     if extra:
-        hint = " (set qkv_bias true?)" if extra[0].endswith((".W_query.bias", ".W_key.bias")) else ""
+        hint = " (set qkv_bias true?)" if ".att.W_" in extra[0] and extra[0].endswith(".bias") else ""
         raise ConversionError(
             f"{source.path}: tensor {extra[0]} is not part of the configured model{hint} "
             f"({len(extra)} unexpected tensors)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -121,7 +122,11 @@ def to_hf(
     if verify:
         from .verify import max_logit_difference
 
-        reference = src if isinstance(src, GPTLiteForCausalLM) else GPTLiteForCausalLM.from_pretrained(src)
+        if isinstance(src, GPTLiteForCausalLM):
+            # Compare in float32 on both sides, on a copy: the caller's model keeps its dtype.
+            reference = src if src.dtype == torch.float32 else copy.deepcopy(src).float()
+        else:
+            reference = GPTLiteForCausalLM.from_pretrained(src, dtype=torch.float32)
         candidate = GPT2LMHeadModel.from_pretrained(out, dtype=torch.float32)
         result.max_logit_diff = max_logit_difference(reference, candidate)
     return result

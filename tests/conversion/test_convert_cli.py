@@ -1,0 +1,73 @@
+"""gptlite-convert: each subcommand end to end, exit codes, and error messages on stderr."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from conversion_helpers import OPENAI_TINY, tiny_gpt2
+
+from gptlite import GPTLiteConfig, GPTLiteForCausalLM
+from gptlite.conversion.cli import main
+
+
+def test_console_script_is_declared():
+    pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
+    scripts = pyproject.split("[project.scripts]", 1)[1].split("\n[", 1)[0]
+    assert 'gptlite-convert = "gptlite.conversion.cli:main"' in scripts.splitlines()
+
+
+def test_from_hf_then_to_hf_with_verify(tmp_path, capsys):
+    tiny_gpt2(tied=False).save_pretrained(tmp_path / "hf")
+    assert main(["from-hf", str(tmp_path / "hf"), str(tmp_path / "lite"), "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"wrote .*lite \(gptlite, 2 layers, 32 wide, vocab 100, float32\)", out)
+    diff = float(re.search(r"largest logit difference between source and result: (\S+)", out).group(1))
+    assert diff <= 1e-5
+
+    args = ["to-hf", str(tmp_path / "lite"), str(tmp_path / "gpt2"), "--dtype", "float16", "--verify"]
+    assert main(args) == 0
+    assert "(gpt2, 2 layers, 32 wide, vocab 100, float16)" in capsys.readouterr().out
+
+
+def test_from_openai(tmp_path, capsys):
+    assert main(["from-openai", str(OPENAI_TINY), str(tmp_path / "lite"), "--dtype", "bfloat16"]) == 0
+    assert "vocab 80, bfloat16" in capsys.readouterr().out
+    assert GPTLiteForCausalLM.from_pretrained(tmp_path / "lite").dtype == torch.bfloat16
+
+
+def test_from_book(tmp_path, capsys):
+    # The book's parameter names are gptlite's, so a gptlite state dict stands in for model.pth.
+    config = {"vocab_size": 50, "context_length": 8, "emb_dim": 16, "n_heads": 2, "n_layers": 1}
+    torch.save(GPTLiteForCausalLM(GPTLiteConfig(**config)).state_dict(), tmp_path / "model.pth")
+    args = ["from-book", str(tmp_path / "model.pth"), str(tmp_path / "lite"), "--config", json.dumps(config)]
+    assert main(args) == 0
+    assert "vocab 50" in capsys.readouterr().out
+
+
+def test_errors_go_to_stderr_with_exit_status_1(tmp_path, capsys):
+    tiny_gpt2(activation_function="relu").save_pretrained(tmp_path / "hf")
+    assert main(["from-hf", str(tmp_path / "hf"), str(tmp_path / "lite")]) == 1
+    err = capsys.readouterr().err
+    assert "gptlite-convert from-hf: error:" in err and "config.json: activation_function is 'relu'" in err
+
+    assert main(["from-openai", str(tmp_path / "missing"), str(tmp_path / "lite")]) == 1
+    assert "is not a folder" in capsys.readouterr().err
+
+
+def test_usage_errors_exit_2(tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["from-book", "model.pth", str(tmp_path / "lite")])  # needs --preset or --config
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["from-hf", "gpt2", str(tmp_path / "lite"), "--dtype", "int8"])
+    assert exit_info.value.code == 2
+
+
+def test_offline_hub_id(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["from-hf", "gpt2", str(tmp_path / "lite"), "--cache-dir", str(tmp_path / "cache")]) == 1
+    assert "HF_HUB_OFFLINE is set" in capsys.readouterr().err
