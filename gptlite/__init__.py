@@ -13,6 +13,9 @@ AutoModelForCausalLM.register(GPTLiteConfig, GPTLiteForCausalLM, exist_ok=True)
 GPTLiteConfig.register_for_auto_class()
 GPTLiteForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
+# Importing gptlite.hub also makes `model.push_to_hub` upload gptlite's model card and the tokenizer.
+from .hub import model_card, push_to_hub, read_training_metrics, write_model_card  # noqa: E402
+
 
 def __getattr__(name: str):
     # The tokenizer helpers import tiktoken/tokenizers; load them only when asked for.
@@ -23,4 +26,15 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'gptlite' has no attribute {name!r}")
 
 
-__all__ = ["GPTLiteConfig", "GPTLiteForCausalLM", "GPTLitePreTrainedModel", "get_tokenizer", "get_hf_tokenizer"]
+__all__ = [
+    "GPTLiteConfig",
+    "GPTLiteForCausalLM",
+    "GPTLitePreTrainedModel",
+    "get_hf_tokenizer",
+    "get_tokenizer",
+    "model_card",
+    "push_to_hub",
+    "read_training_metrics",
+    "save_tokenizer",
+    "write_model_card",
+]

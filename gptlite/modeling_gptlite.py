@@ -167,6 +167,24 @@ class TransformerBlock(GradientCheckpointingLayer):
         return hidden_states, attn_weights
 
 
+def _safetensors_path_in_traceback(error: BaseException) -> str | None:
+    """The `.safetensors` path that the innermost frame of `error`'s traceback was reading, if any.
+
+    Transformers opens the weight files one by one inside `_load_pretrained_model`; the file that failed is a local
+    variable there and nowhere in the exception, so read it from the traceback rather than re-opening every shard.
+    """
+    frames = []
+    tb = error.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for value in frame.f_locals.values():
+            if isinstance(value, str) and value.endswith(".safetensors"):
+                return value
+    return None
+
+
 class GPTLitePreTrainedModel(PreTrainedModel):
     config_class = GPTLiteConfig
     base_model_prefix = ""
@@ -177,6 +195,33 @@ class GPTLitePreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     # The book registers its causal mask as a persistent buffer; gptlite builds masks on the fly.
     _keys_to_ignore_on_load_unexpected = [r"att\.mask$"]
+    # Set by `gptlite.hub` (installed package only; it does not travel as remote code) to add the model card and the
+    # tokenizer to the folder that `push_to_hub` uploads: called as a method, hook(self, folder, repo_id). None keeps
+    # transformers' behaviour.
+    _hub_folder_hook = None
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, safetensors only, naming the weights file when it is truncated or corrupt.
+
+        gptlite only ever writes safetensors, so it never falls back to pickled `pytorch_model.bin` weights unless
+        `use_safetensors=False` is passed explicitly.
+        """
+        kwargs.setdefault("use_safetensors", True)
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        except Exception as error:
+            # safetensors says what is wrong ("incomplete metadata, file not fully covered") but not which file.
+            if type(error).__name__ != "SafetensorError":
+                raise
+            path = _safetensors_path_in_traceback(error) or pretrained_model_name_or_path
+            raise OSError(f"{path} is not a valid safetensors file (truncated or corrupt?): {error}") from error
+
+    def _upload_modified_files(self, working_dir, repo_id, *args, **kwargs):
+        # push_to_hub has written the weights and README.md to `working_dir`; let gptlite.hub complete the folder.
+        if self._hub_folder_hook is not None:
+            self._hub_folder_hook(working_dir, repo_id)
+        return super()._upload_modified_files(working_dir, repo_id, *args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
