@@ -54,9 +54,9 @@ __all__ = [
 DEFAULT_TAGS = ("gptlite", "gpt2", "text-generation", "llms-from-scratch")
 # gptlite's own licence; weights you train are yours to license differently (pass `license=`).
 DEFAULT_LICENSE = "apache-2.0"
-# Looked up in this order; the first one found wins. `history.json` is the file gptlite's training loop is to leave
-# next to the weights (the book's `train_model_simple` history, or a flat dict of final metrics); `all_results.json`
-# is what transformers' Trainer writes.
+# Looked up in this order; the first one found wins. `history.json` is what gptlite's training loop writes
+# (`training.monitoring.History`: per-evaluation lists); the book's `train_model_simple` history (`train_losses`, ...)
+# and flat dicts of final metrics are read too. `all_results.json` is what transformers' Trainer writes.
 METRICS_FILES = ("history.json", "all_results.json")
 
 # A comment at the end of every card gptlite writes: such a card may be regenerated freely.
@@ -101,11 +101,11 @@ def _normalize_metrics(raw: Mapping[str, Any]) -> dict[str, float]:
 def read_training_metrics(folder: str | os.PathLike[str]) -> dict[str, Any]:
     """Final training metrics found in `folder`, or an empty dict.
 
-    Reads the first of :data:`METRICS_FILES` present. Accepted contents: the book's history
-    (``{"train_losses": [...], "val_losses": [...], "tokens_seen": [...]}``, reduced to the last values as
-    ``train_loss``, ``val_loss``, ``tokens_seen``), or a flat dict of numbers such as transformers' Trainer metrics
-    (``train_loss``, ``eval_loss``, ...). ``val_perplexity`` is derived from ``val_loss``. A string ``"dataset"``
-    entry is returned as is and names the training data in the card.
+    Reads the first of :data:`METRICS_FILES` present: a JSON object whose values are numbers or per-evaluation
+    lists. A list is reduced to its last number (nulls skipped), and the book's plural names become singular
+    (``train_losses`` → ``train_loss``), so gptlite's ``History``, the book's ``train_model_simple`` history and
+    transformers' Trainer metrics (``train_loss``, ``eval_loss``, ...) all work. ``val_perplexity`` is derived
+    from ``val_loss``. A string ``"dataset"`` entry is returned as is and names the training data in the card.
 
     Raises:
         ValueError: if the metrics file is not a JSON object (the message names the file).

@@ -287,6 +287,26 @@ def test_read_training_metrics_formats(tmp_path):
         "dataset": "the-verdict",
     }
 
+    # gptlite's training loop (training.monitoring.History): per-evaluation lists, null where there was no value.
+    history = {
+        "step": [0, 10],
+        "epoch": [0.5, 1.0],
+        "tokens_seen": [512, 5120],
+        "train_loss": [9.0, 5.5],
+        "val_loss": [None, None],
+        "lr": [0.0004, 0.0001],
+        "step_loss": [9.1, 5.4],
+    }
+    (tmp_path / "history.json").write_text(json.dumps(history))
+    assert read_training_metrics(tmp_path) == {
+        "step": 10,
+        "epoch": 1.0,
+        "tokens_seen": 5120,
+        "train_loss": 5.5,
+        "lr": 0.0001,
+        "step_loss": 5.4,
+    }
+
     (tmp_path / "history.json").write_text("{not json")
     with pytest.raises(ValueError, match="history.json"):
         read_training_metrics(tmp_path)
