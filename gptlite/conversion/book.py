@@ -14,15 +14,10 @@ from typing import Any
 import torch
 
 from ..configuration_gptlite import GPTLiteConfig
-from ..modeling_gptlite import GPTLiteForCausalLM
-from .common import ConversionResult, meta_model, parse_dtype, write_gptlite
+from .common import ConversionResult, check_gptlite_source, parse_dtype, write_gptlite
 from .storage import ConversionError, TensorSource, load_torch_file
 
 __all__ = ["book_config", "from_book"]
-
-# The book registers its causal mask as a persistent buffer; gptlite builds masks on the fly.
-_IGNORED_SUFFIX = ".att.mask"
-
 
 def book_config(
     preset: str | None = None, config: str | Path | Mapping[str, Any] | None = None
@@ -71,31 +66,10 @@ def _decide_tying(config: GPTLiteConfig, explicit: bool, source: TensorSource) -
         config.tie_word_embeddings = same
 
 
-def _check_book_source(config: GPTLiteConfig, source: TensorSource) -> list[str]:
-    """The names to copy; every tensor the config needs, with its shape, and nothing else."""
-    model = meta_model(GPTLiteForCausalLM, config, torch.float32)
-    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    found = {name for name in source.names() if not name.endswith(_IGNORED_SUFFIX)}
-    if config.tie_word_embeddings:
-        expected.pop("out_head.weight")
-        found.discard("out_head.weight")  # equal to tok_emb.weight, checked above
-    for name, shape in expected.items():
-        if name not in found:
-            hint = " (the config sets qkv_bias true; the book's default is false)" if ".bias" in name else ""
-            raise ConversionError(f"{source.path}: tensor {name} is missing{hint}")
-        if source.shape(name) != shape:
-            raise ConversionError(
-                f"{source.path}: tensor {name} has shape {list(source.shape(name))}, but the config needs "
-                f"{list(shape)}"
-            )
-    extra = sorted(found - set(expected))
-    if extra:
-        hint = " (set qkv_bias true?)" if ".att.W_" in extra[0] and extra[0].endswith(".bias") else ""
-        raise ConversionError(
-            f"{source.path}: tensor {extra[0]} is not part of the configured model{hint} "
-            f"({len(extra)} unexpected tensors)"
-        )
-    return list(expected)
+def _qkv_bias_hint(name: str) -> str:
+    if ".att.W_" in name and name.endswith(".bias"):
+        return " (the book's GPT_CONFIG_124M has qkv_bias false; OpenAI's weights need true)"
+    return ""
 
 
 def from_book(
@@ -126,7 +100,7 @@ def from_book(
     gptlite_config, explicit_tying = book_config(preset, config)
     source = load_torch_file(pth, unwrap=("model_state_dict",))
     _decide_tying(gptlite_config, explicit_tying, source)
-    names = _check_book_source(gptlite_config, source)
+    names = check_gptlite_source(gptlite_config, source, "the config", _qkv_bias_hint)
 
     out_dtype = parse_dtype(dtype, default=source.get("tok_emb.weight").dtype)
     write_gptlite(out, gptlite_config, out_dtype, ((name, source.get(name)) for name in names))

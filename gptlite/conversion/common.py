@@ -12,10 +12,12 @@ from transformers import PretrainedConfig, PreTrainedModel
 from ..configuration_gptlite import GPTLiteConfig
 from ..modeling_gptlite import GPTLiteForCausalLM
 from .names import from_gptlite_layout, rows, to_gptlite_layout
-from .storage import ConversionError, write_safetensors
+from .storage import ConversionError, TensorSource, write_safetensors
 
 __all__ = [
     "ConversionResult",
+    "check_gpt2_source",
+    "check_gptlite_source",
     "gpt2_tensors_to_gptlite",
     "expected_gpt2_shapes",
     "meta_model",
@@ -143,3 +145,39 @@ def check_gpt2_source(
             raise ConversionError(
                 f"{where}: tensor {label(name)} has shape {list(actual)}, but {hint} needs {list(shape)}"
             )
+
+
+def check_gptlite_source(
+    config: GPTLiteConfig,
+    source: TensorSource,
+    described_by: str,
+    hint: Callable[[str], str] = lambda name: "",
+    extra_reason: str = "",
+) -> list[str]:
+    """Every tensor of the gptlite model `config` describes, with its shape, and nothing else.
+
+    Returns the names to read. The book's `att.mask` buffers are ignored (gptlite builds masks on the
+    fly), and so is a saved copy of a tied head. `hint(name)` may add advice to an error about `name`;
+    `extra_reason` ends the error about an unexpected tensor.
+    """
+    model = meta_model(GPTLiteForCausalLM, config, torch.float32)
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    found = {name for name in source.names() if not name.endswith(".att.mask")}
+    if config.tie_word_embeddings:
+        expected.pop("out_head.weight")
+        found.discard("out_head.weight")
+    for name, shape in expected.items():
+        if name not in found:
+            raise ConversionError(f"{source.path}: tensor {name} is missing{hint(name)}")
+        if source.shape(name) != shape:
+            raise ConversionError(
+                f"{source.path}: tensor {name} has shape {list(source.shape(name))}, but {described_by} "
+                f"needs {list(shape)}"
+            )
+    extra = sorted(found - set(expected))
+    if extra:
+        raise ConversionError(
+            f"{source.path}: tensor {extra[0]} is not part of the model {described_by} describes"
+            f"{hint(extra[0])} ({len(extra)} unexpected tensors){extra_reason}"
+        )
+    return list(expected)

@@ -12,10 +12,10 @@ from transformers import GPT2LMHeadModel
 
 from ..configuration_gptlite import GPTLiteConfig
 from ..modeling_gptlite import GPTLiteForCausalLM
-from .common import ConversionResult, meta_model, parse_dtype, save_streaming
+from .common import ConversionResult, check_gptlite_source, meta_model, parse_dtype, save_streaming
 from .configs import to_gpt2_config
 from .names import from_gptlite_layout, rows
-from .storage import ConversionError, SafetensorsSource, StateDictSource, TensorSource
+from .storage import ConversionError, StateDictSource, TensorSource, open_weights
 
 __all__ = ["gpt2_tensors", "to_hf"]
 
@@ -52,38 +52,7 @@ def _open_gptlite(src: str | Path | GPTLiteForCausalLM) -> tuple[GPTLiteConfig, 
     if raw.get("model_type") != "gptlite":
         raise ConversionError(f"{config_path}: model_type is {raw.get('model_type')!r}, not 'gptlite'")
     config = GPTLiteConfig.from_pretrained(folder)
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        files = sorted({folder / name for name in json.loads(index.read_text())["weight_map"].values()})
-    elif (folder / "model.safetensors").is_file():
-        files = [folder / "model.safetensors"]
-    else:
-        raise FileNotFoundError(f"{folder}: no model.safetensors or model.safetensors.index.json")
-    return config, SafetensorsSource(files)
-
-
-def _check_gptlite_source(config: GPTLiteConfig, source: TensorSource) -> None:
-    """Every tensor the model has, with its shape; nothing GPT-2 could not hold."""
-    model = meta_model(GPTLiteForCausalLM, config, torch.float32)
-    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    found = source.names()
-    if config.tie_word_embeddings:
-        expected.pop("out_head.weight")
-        found = found - {"out_head.weight"}  # some saves keep the tied copy
-    for name, shape in expected.items():
-        if name not in found:
-            raise ConversionError(f"{source.path}: tensor {name} is missing")
-        if source.shape(name) != shape:
-            raise ConversionError(
-                f"{source.path}: tensor {name} has shape {list(source.shape(name))}, "
-                f"config.json needs {list(shape)}"
-            )
-    extra = sorted(found - set(expected))
-    if extra:
-        raise ConversionError(
-            f"{source.path}: tensor {extra[0]} has no counterpart in GPT-2 ({len(extra)} such tensors), so "
-            "this model cannot be written as a GPT2LMHeadModel"
-        )
+    return config, open_weights(folder)
 
 
 def to_hf(
@@ -109,7 +78,8 @@ def to_hf(
     from ..tokenization import N_VOCAB, save_tokenizer
 
     config, source = _open_gptlite(src)
-    _check_gptlite_source(config, source)
+    no_place = "; a GPT2LMHeadModel has no place for it, so this model cannot be written as GPT-2"
+    check_gptlite_source(config, source, "config.json", extra_reason=no_place)
     vocab_size = N_VOCAB if config.vocab_size > N_VOCAB else None
     gpt2_config = to_gpt2_config(config, vocab_size=vocab_size)
 

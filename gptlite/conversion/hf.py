@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -19,30 +18,13 @@ from .common import (
 )
 from .configs import from_gpt2_config, read_gpt2_config
 from .download import hub_snapshot
-from .storage import ConversionError, SafetensorsSource, TensorSource, load_torch_file
+from .storage import ConversionError, TensorSource, open_weights
 
 __all__ = ["from_hf", "open_hf_checkpoint"]
 
 # Buffers older transformers versions saved with the weights (the causal mask and its fill value).
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 _PREFIX = "transformer."
-
-
-def _weights_source(folder: Path) -> TensorSource:
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as err:
-            raise ConversionError(f"{index}: not a safetensors index (no weight_map: {err})") from None
-        return SafetensorsSource([folder / name for name in sorted(set(weight_map.values()))])
-    if (folder / "model.safetensors").is_file():
-        return SafetensorsSource([folder / "model.safetensors"])
-    if (folder / "pytorch_model.bin").is_file():
-        return load_torch_file(folder / "pytorch_model.bin")
-    raise FileNotFoundError(
-        f"{folder}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin"
-    )
 
 
 class _GPT2Checkpoint:
@@ -104,7 +86,7 @@ def from_hf(
     folder = open_hf_checkpoint(src, cache_dir)
     gpt2_config = read_gpt2_config(folder / "config.json")
     config = from_gpt2_config(gpt2_config, where=str(folder / "config.json"))
-    checkpoint = _GPT2Checkpoint(_weights_source(folder))
+    checkpoint = _GPT2Checkpoint(open_weights(folder))
     found = checkpoint.shapes()
 
     model = meta_model(GPTLiteForCausalLM, config, torch.float32)

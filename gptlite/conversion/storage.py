@@ -21,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 
 __all__ = [
     "ConversionError",
+    "open_weights",
     "SafetensorsSource",
     "StateDictSource",
     "TensorSource",
@@ -212,3 +213,21 @@ def write_safetensors(
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def open_weights(folder: Path) -> TensorSource:
+    """The weights of a `save_pretrained` folder: model.safetensors (sharded or not) or pytorch_model.bin."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as err:
+            raise ConversionError(f"{index}: not a safetensors index (no weight_map: {err})") from None
+        return SafetensorsSource([folder / name for name in sorted(set(weight_map.values()))])
+    if (folder / "model.safetensors").is_file():
+        return SafetensorsSource([folder / "model.safetensors"])
+    if (folder / "pytorch_model.bin").is_file():
+        return load_torch_file(folder / "pytorch_model.bin")
+    raise FileNotFoundError(
+        f"{folder}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin"
+    )
