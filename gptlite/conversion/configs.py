@@ -17,14 +17,18 @@ __all__ = ["from_gpt2_config", "from_openai_hparams", "read_gpt2_config", "to_gp
 _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
 
-def read_gpt2_config(path: Path) -> GPT2Config:
-    """A Hugging Face GPT-2 `config.json`, refusing other model types."""
+def _read_json(path: Path, why_needed: str) -> dict:
     try:
-        raw = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path} does not exist: a GPT-2 checkpoint needs its config.json") from None
+        raise FileNotFoundError(f"{path} does not exist: {why_needed}") from None
     except json.JSONDecodeError as err:
         raise ConversionError(f"{path}: not valid JSON ({err})") from None
+
+
+def read_gpt2_config(path: Path) -> GPT2Config:
+    """A Hugging Face GPT-2 `config.json`, refusing other model types."""
+    raw = _read_json(path, "a GPT-2 checkpoint needs its config.json")
     model_type = raw.get("model_type")
     if model_type != "gpt2":
         raise ConversionError(f"{path}: model_type is {model_type!r}; only 'gpt2' checkpoints convert")
@@ -100,12 +104,7 @@ def from_openai_hparams(path: Path) -> GPTLiteConfig:
     OpenAI's GPT-2 ties the output head to the token embedding, has query/key/value biases, and uses
     LayerNorm epsilon 1e-5 (the value in its model.py).
     """
-    try:
-        hparams = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path} does not exist: OpenAI's checkpoints have an hparams.json") from None
-    except json.JSONDecodeError as err:
-        raise ConversionError(f"{path}: not valid JSON ({err})") from None
+    hparams = _read_json(path, "OpenAI's checkpoints have an hparams.json")
     fields = {"n_vocab": "vocab_size", "n_ctx": "context_length", "n_embd": "emb_dim", "n_head": "n_heads",
               "n_layer": "n_layers"}
     missing = [key for key in fields if key not in hparams]
