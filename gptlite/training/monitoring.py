@@ -1,0 +1,130 @@
+"""What a run reports while it trains: the history of losses, a progress bar, console lines and trackers."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+__all__ = ["History", "Progress", "perplexity"]
+
+
+def perplexity(loss: float | None) -> float | None:
+    """``exp(loss)``, capped to ``inf`` instead of overflowing; None stays None."""
+    if loss is None or math.isnan(loss):
+        return loss
+    return math.exp(loss) if loss < 700 else math.inf
+
+
+@dataclass
+class History:
+    """The run's record, saved as ``history.json``: one entry per evaluation, and per optimizer step for ``lr``."""
+
+    step: list[int] = field(default_factory=list)
+    """0-based optimizer step after which each evaluation ran (the book's ``global_step``)."""
+    epoch: list[float] = field(default_factory=list)
+    """Epochs done at each evaluation (fractional: 1.5 is halfway through the second epoch)."""
+    tokens_seen: list[int] = field(default_factory=list)
+    """Input tokens trained on by then, over all processes."""
+    train_loss: list[float] = field(default_factory=list)
+    """Mean loss per token over --eval-iter training batches."""
+    val_loss: list[float | None] = field(default_factory=list)
+    """Mean loss per token over --eval-iter validation batches (None without validation data)."""
+    lr: list[float] = field(default_factory=list)
+    """Learning rate of every optimizer step."""
+    step_loss: list[float] = field(default_factory=list)
+    """Training loss of every optimizer step (mean per token over all its batches and processes)."""
+
+    def record_step(self, lr: float, loss: float) -> None:
+        self.lr.append(lr)
+        self.step_loss.append(loss)
+
+    def record_eval(
+        self, step: int, epoch: float, tokens_seen: int, train_loss: float, val_loss: float | None
+    ) -> None:
+        self.step.append(step)
+        self.epoch.append(epoch)
+        self.tokens_seen.append(tokens_seen)
+        self.train_loss.append(train_loss)
+        self.val_loss.append(val_loss)
+
+    def to_dict(self) -> dict[str, list]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, list]) -> History:
+        return cls(**{key: list(values.get(key, [])) for key in cls.__dataclass_fields__})
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the history as JSON (NaN losses as null, so any JSON reader accepts it)."""
+        values = {
+            key: [None if isinstance(v, float) and not math.isfinite(v) else v for v in seq]
+            for key, seq in self.to_dict().items()
+        }
+        path = Path(path)
+        path.write_text(json.dumps(values, indent=1), encoding="utf-8")
+        return path
+
+
+class Progress:
+    """A tqdm bar on the main process (loss, lr, tokens/s), the book's evaluation lines, and tracker logging.
+
+    tokens/s counts training time only: evaluation, sampling and checkpointing are left out.
+    """
+
+    def __init__(self, accelerator, total_steps: int, initial_step: int = 0) -> None:
+        from tqdm.auto import tqdm
+
+        self.accelerator = accelerator
+        self.bar = tqdm(
+            total=total_steps,
+            initial=initial_step,
+            desc="training",
+            unit="step",
+            dynamic_ncols=True,
+            disable=not accelerator.is_main_process,
+        )
+        self.train_seconds = 0.0
+        self.train_tokens = 0
+        self._started: float | None = None
+
+    def start_step(self) -> None:
+        self._started = time.perf_counter()
+
+    def end_step(self, global_step: int, loss: float, lr: float, tokens: int) -> None:
+        """Account one optimizer step of ``tokens`` input tokens (all processes) and refresh the bar."""
+        if self._started is not None:
+            self.train_seconds += time.perf_counter() - self._started
+            self._started = None
+        self.train_tokens += tokens
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{self.tokens_per_second:,.0f}", refresh=False)
+        self.accelerator.log({"train/step_loss": loss, "lr": lr, "tokens_per_second": self.tokens_per_second},
+                             step=global_step)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.train_tokens / self.train_seconds if self.train_seconds > 0 else 0.0
+
+    def evaluation(
+        self, epoch: int, step: int, tokens_seen: int, train_loss: float, val_loss: float | None
+    ) -> None:
+        """Print the book's line ``Ep 1 (Step 000000): Train loss ..., Val loss ...`` and log the numbers."""
+        line = f"Ep {epoch + 1} (Step {step:06d}): Train loss {train_loss:.3f}"
+        values = {"train/loss": train_loss, "train/perplexity": perplexity(train_loss), "tokens_seen": tokens_seen}
+        if val_loss is not None:
+            line += f", Val loss {val_loss:.3f}, Val perplexity {perplexity(val_loss):.1f}"
+            values |= {"val/loss": val_loss, "val/perplexity": perplexity(val_loss)}
+        self.write(line)
+        self.accelerator.log(values, step=step + 1)
+
+    def write(self, message: str) -> None:
+        """Print a line on the main process without breaking the bar."""
+        if self.accelerator.is_main_process:
+            self.bar.write(message)
+
+    def close(self) -> None:
+        self.bar.close()

@@ -1,0 +1,205 @@
+"""Built-in recipes and how a run's settings are put together: recipe < ``--config`` file < flags.
+
+* ``default``: the main job, :class:`~gptlite.training.config.TrainConfig`'s defaults (a small model on
+  the built-in Python-documentation corpus), sampling from "The for statement".
+* ``book-ch5``: chapter 5 of the book: the 124M model at context 256, stride 256, batch 2, 10 epochs,
+  AdamW at a constant 4e-4 with weight decay 0.1, evaluation every 5 steps over 5 batches, no clipping.
+  The book trains on ``the-verdict.txt``: pass it with ``--data``.
+* ``book-appendix-d``: appendix D's loop on the same model and data: 15 epochs, linear warmup over 20%
+  of the steps from 1e-5 to a peak of 5e-4, cosine decay to 1e-5, gradient clipping at 1.0 after warmup,
+  evaluation every 5 steps over 1 batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from gptlite.training.config import ARCHITECTURE_FIELDS, TrainConfig, flag
+
+__all__ = ["RECIPES", "build_config", "coerce", "field_kind", "load_config_file"]
+
+_BOOK_124M = {
+    "emb_dim": 768,
+    "n_layers": 12,
+    "n_heads": 12,
+    "drop_rate": 0.1,
+    "qkv_bias": False,
+    "tie_word_embeddings": False,
+    "context_length": 256,
+    "stride": 256,
+    "train_ratio": 0.9,
+    # The book seeds with torch.manual_seed(123) before building GPTModel, with PyTorch's default init.
+    "seed": 123,
+    "initializer": "book",
+    "attn_implementation": "eager",
+    "batch_size": 2,
+    "grad_accum": 1,
+    "weight_decay": 0.1,
+    "start_context": "Every effort moves you",
+    "sample_tokens": 50,
+}
+
+RECIPES: dict[str, dict[str, Any]] = {
+    "default": {"start_context": "The for statement"},
+    "book-ch5": {
+        **_BOOK_124M,
+        "epochs": 10,
+        "schedule": "constant",
+        "peak_lr": 4e-4,
+        "grad_clip": None,
+        "eval_freq": 5,
+        "eval_iter": 5,
+    },
+    "book-appendix-d": {
+        **_BOOK_124M,
+        "epochs": 15,
+        "schedule": "cosine",
+        "initial_lr": 1e-5,
+        "peak_lr": 5e-4,
+        "min_lr": 1e-5,
+        "warmup_ratio": 0.2,
+        "grad_clip": 1.0,
+        "clip_mode": "after-warmup",
+        "eval_freq": 5,
+        "eval_iter": 1,
+    },
+}
+
+
+@functools.cache
+def _fields() -> dict[str, Any]:
+    hints = typing.get_type_hints(TrainConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig)}
+
+
+def field_kind(name: str) -> tuple[type, bool, bool]:
+    """``(scalar type, accepts None, is a list)`` of a :class:`TrainConfig` field."""
+    hint = _fields()[name]
+    if typing.get_origin(hint) is list:
+        return typing.get_args(hint)[0], False, True
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0], True, False
+    return hint, False, False
+
+
+_TRUE, _FALSE, _NONE = ("true", "yes", "1", "on"), ("false", "no", "0", "off"), ("none", "null", "")
+
+
+def _scalar(kind: type, value: Any, optional: bool) -> Any:
+    if optional and (value is None or (isinstance(value, str) and value.strip().lower() in _NONE)):
+        return None
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+        raise ValueError("expected true or false")
+    if kind is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError("expected an integer")
+        return int(value)  # "12" from a flag or a YAML string; int(12.0) from JSON
+    if kind is float:
+        if isinstance(value, bool):
+            raise ValueError("expected a number")
+        return float(value)  # also YAML's "1e-3", which YAML 1.1 reads as a string
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    return value
+
+
+def coerce(name: str, value: Any, source: str) -> Any:
+    """Convert a flag's string or a config file's value to the type of field ``name``.
+
+    Raises:
+        ValueError: naming ``source`` (the flag or the file), the key and the value.
+    """
+    kind, optional, is_list = field_kind(name)
+    try:
+        if is_list:
+            items = [value] if isinstance(value, str) else value
+            if not isinstance(items, (list, tuple)):
+                raise ValueError("expected a list")
+            return [_scalar(kind, item, False) for item in items]
+        return _scalar(kind, value, optional)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{source}: bad value {value!r} for {name} ({flag(name)}): {err}") from None
+
+
+def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read settings from a YAML or JSON file: a mapping of field names (``emb_dim`` or ``emb-dim``) to values.
+
+    A ``recipe`` key picks the recipe the file builds on. Raises ``ValueError`` naming the file and the
+    key for unknown keys and bad values, ``FileNotFoundError`` if the file does not exist.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise ValueError(f"--config file {path} is not valid {path.suffix.lstrip('.') or 'YAML'}: {err}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"--config file {path} must hold a mapping of settings, got {type(raw).__name__}")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = str(key).replace("-", "_")
+        if name == "recipe":
+            values[name] = str(value)
+        elif name in _fields():
+            values[name] = coerce(name, value, str(path))
+        else:
+            known = ", ".join(sorted(_fields()))
+            raise ValueError(f"--config file {path}: unknown setting {key!r}; known settings: recipe, {known}")
+    return values
+
+
+def build_config(
+    recipe: str | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """The settings of a run: the recipe, then the ``--config`` file, then ``overrides`` (the flags) on top.
+
+    The recipe is ``recipe`` if given, else the file's ``recipe`` key, else ``"default"``. A ``preset``
+    replaces architecture settings from lower levels; next to an explicit ``emb_dim`` (etc.) of the same
+    or a higher level it is an error, as the two disagree about the model.
+    """
+    file_values = load_config_file(config_file) if config_file is not None else {}
+    overrides = {k: v for k, v in (overrides or {}).items() if k != "recipe"}
+    name = recipe or file_values.pop("recipe", None) or "default"
+    file_values.pop("recipe", None)
+    if name not in RECIPES:
+        raise ValueError(f"unknown --recipe {name!r}; choose one of {', '.join(RECIPES)}")
+    unknown = sorted(set(overrides) - set(_fields()))
+    if unknown:
+        raise ValueError(f"unknown setting(s) {', '.join(unknown)}")
+
+    merged: dict[str, Any] = {}
+    level: dict[str, int] = {}  # where each key was last set: 1 recipe, 2 file, 3 flags
+    for rank, values in enumerate((RECIPES[name], file_values, overrides), start=1):
+        if values.get("preset") is not None:
+            for key in ARCHITECTURE_FIELDS:  # the preset supersedes architecture from lower levels
+                merged.pop(key, None)
+                level.pop(key, None)
+        for key, value in values.items():
+            merged[key] = value
+            level[key] = rank
+    if merged.get("preset") is not None:
+        clash = [key for key in ARCHITECTURE_FIELDS if level.get(key, 0) >= level["preset"]]
+        if clash:
+            given = ", ".join(flag(k) for k in clash)
+            raise ValueError(f"--preset {merged['preset']} fixes the architecture; drop {given} or the preset")
+    return TrainConfig(**merged)
