@@ -99,7 +99,7 @@ def resolve_resume(resume_from: str | None, output_dir: str | os.PathLike[str]) 
     path = Path(resume_from)
     if not (path / TRAINER_STATE_NAME).is_file():
         what = "does not exist" if not path.exists() else f"has no {TRAINER_STATE_NAME} (not a complete checkpoint)"
-        raise FileNotFoundError(f"--resume-from {resume_from}: {path} {what}")
+        raise FileNotFoundError(f"--resume-from {resume_from} {what}")
     return path
 
 

@@ -166,6 +166,16 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     return values
 
 
+def _preset_architecture(preset: str) -> dict[str, Any]:
+    from gptlite.configuration_gptlite import GPTLiteConfig
+
+    try:
+        config = GPTLiteConfig.from_preset(preset)
+    except ValueError as err:
+        raise ValueError(f"--preset: {err}") from None
+    return {key: getattr(config, key) for key in ARCHITECTURE_FIELDS}
+
+
 def build_config(
     recipe: str | None = None,
     config_file: str | os.PathLike[str] | None = None,
@@ -174,8 +184,8 @@ def build_config(
     """The settings of a run: the recipe, then the ``--config`` file, then ``overrides`` (the flags) on top.
 
     The recipe is ``recipe`` if given, else the file's ``recipe`` key, else ``"default"``. A ``preset``
-    replaces architecture settings from lower levels; next to an explicit ``emb_dim`` (etc.) of the same
-    or a higher level it is an error, as the two disagree about the model.
+    sets the architecture fields (``emb_dim``, ...) to its own, replacing those of lower levels; a
+    different value given at the same or a higher level is an error, as the two disagree about the model.
     """
     file_values = load_config_file(config_file) if config_file is not None else {}
     overrides = {k: v for k, v in (overrides or {}).items() if k != "recipe"}
@@ -198,8 +208,10 @@ def build_config(
             merged[key] = value
             level[key] = rank
     if merged.get("preset") is not None:
-        clash = [key for key in ARCHITECTURE_FIELDS if level.get(key, 0) >= level["preset"]]
+        fixed = _preset_architecture(merged["preset"])
+        clash = [k for k in ARCHITECTURE_FIELDS if level.get(k, 0) >= level["preset"] and merged[k] != fixed[k]]
         if clash:
-            given = ", ".join(flag(k) for k in clash)
+            given = ", ".join(f"{flag(k)} {merged[k]}" for k in clash)
             raise ValueError(f"--preset {merged['preset']} fixes the architecture; drop {given} or the preset")
+        merged |= fixed  # so the resolved settings (and train_config.json) show the real model
     return TrainConfig(**merged)

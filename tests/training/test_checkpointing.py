@@ -1,0 +1,147 @@
+"""Checkpoints: atomic writes, pruning, ``latest``, and resuming after SIGKILL or a crash inside a save."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+from trainkit import config_flags, max_abs_difference, subprocess_env, tiny_config, train_command, weights, write_corpus
+
+from gptlite.training.checkpointing import (
+    TRAINER_STATE_NAME,
+    latest_checkpoint,
+    list_checkpoints,
+    load_trainer_state,
+    prune_checkpoints,
+    remove_partial_checkpoints,
+    resolve_resume,
+)
+from gptlite.training.loop import train
+
+# Dropout on and checkpoints every 2 steps of 18-step epochs: a kill lands inside an epoch.
+SETTINGS = {"epochs": 2, "drop_rate": 0.1, "checkpoint_every": 2, "keep_checkpoints": 3, "eval_freq": 5}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    from accelerate.state import AcceleratorState, GradientState
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.txt", n_words=2400)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, corpus):
+    """The reference: the same run, never stopped."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    torch.set_num_threads(1)
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    result = train(tiny_config(folder, corpus, **SETTINGS))
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    return result, weights(folder / "run")
+
+
+def fake_checkpoint(root, name, complete=True):
+    path = root / "checkpoints" / name
+    path.mkdir(parents=True)
+    (path / "model.safetensors").write_bytes(b"")
+    if complete:
+        (path / TRAINER_STATE_NAME).write_text("{}")
+    return path
+
+
+def test_latest_ignores_partial_and_unfinished_checkpoints_and_prune_keeps_the_newest(tmp_path):
+    assert latest_checkpoint(tmp_path) is None and resolve_resume("latest", tmp_path) is None
+    for step in (2, 10, 4):
+        fake_checkpoint(tmp_path, f"checkpoint-{step}")
+    fake_checkpoint(tmp_path, ".tmp-checkpoint-12", complete=False)  # a save killed before its rename
+    fake_checkpoint(tmp_path, "checkpoint-14", complete=False)  # no trainer_state.json: not a checkpoint
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-4", "checkpoint-10"]
+    assert resolve_resume("latest", tmp_path).name == "checkpoint-10"
+    assert [p.name for p in remove_partial_checkpoints(tmp_path)] == [".tmp-checkpoint-12"]
+    assert [p.name for p in prune_checkpoints(tmp_path, keep=2)] == ["checkpoint-2"]
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-4", "checkpoint-10"]
+    with pytest.raises(FileNotFoundError, match="--resume-from .*checkpoint-14 has no trainer_state.json"):
+        resolve_resume(str(tmp_path / "checkpoints" / "checkpoint-14"), tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        resolve_resume(str(tmp_path / "missing"), tmp_path)
+
+
+def assert_same_run(resumed, out, uninterrupted) -> None:
+    reference, reference_weights = uninterrupted
+    for key, values in reference.history.to_dict().items():
+        assert resumed.history.to_dict()[key] == pytest.approx(values), key
+    diff = max_abs_difference(reference_weights, weights(out))
+    assert diff <= 1e-6, diff
+
+
+def test_a_crash_inside_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, corpus, uninterrupted, monkeypatch):
+    from accelerate import Accelerator
+
+    save_state, calls = Accelerator.save_state, []
+
+    def dies_while_saving(self, output_dir=None, **kwargs):
+        calls.append(output_dir)
+        if len(calls) == 2:  # the second checkpoint: write half of it, then die
+            save_state(self, output_dir, **kwargs)
+            os.remove(os.path.join(output_dir, "optimizer.bin"))
+            raise KeyboardInterrupt("killed while saving")
+        return save_state(self, output_dir, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "save_state", dies_while_saving)
+    config = tiny_config(tmp_path, corpus, **SETTINGS)
+    with pytest.raises(KeyboardInterrupt):
+        train(config)
+    monkeypatch.setattr(Accelerator, "save_state", save_state)
+    out = tmp_path / "run"
+    assert (out / "checkpoints" / ".tmp-checkpoint-4" / "model.safetensors").is_file()
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2"]
+
+    config.resume_from = "latest"
+    resumed = train(config)
+    assert resumed.resumed_from.name == "checkpoint-2"
+    assert not (out / "checkpoints" / ".tmp-checkpoint-4").exists()
+    assert_same_run(resumed, out, uninterrupted)
+
+
+@pytest.mark.slow
+def test_sigkill_inside_an_epoch_then_resume_latest_ends_like_an_uninterrupted_run(tmp_path, corpus, uninterrupted):
+    config = tiny_config(tmp_path, corpus, **SETTINGS)
+    out = tmp_path / "run"
+    env = subprocess_env(tmp_path)
+    child = subprocess.Popen(train_command(*config_flags(config)), env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list_checkpoints(out) and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert child.poll() is None, f"training ended before a checkpoint appeared: {child.stderr.read()[-2000:]}"
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+    latest = latest_checkpoint(out)
+    state = load_trainer_state(latest)
+    assert 0 < state.step_in_epoch < state.steps_per_epoch and state.epoch == 0  # killed inside the first epoch
+    assert not (out / "history.json").exists()
+
+    config.resume_from = "latest"
+    resumed = train(config)
+    assert resumed.resumed_from == latest
+    assert_same_run(resumed, out, uninterrupted)
