@@ -185,6 +185,87 @@ def _safetensors_path_in_traceback(error: BaseException) -> str | None:
     return None
 
 
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Cross-entropy of `hidden @ weight.T` without ever holding the full (tokens, vocab) logits.
+
+    The vocabulary projection, the fp32 log-softmax and both gradients are computed one chunk of rows at
+    a time during the forward pass; backward only scales the stored gradients. Peak memory is one chunk's
+    logits instead of all of them (plus their fp32 copy, softmax and gradient).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, ignore_index, chunk_rows, compute_dtype, divisor):
+        # hidden: (n, e); weight: (v, e); targets: (n,)
+        h = hidden.to(compute_dtype)
+        w = weight.to(compute_dtype)
+        grad_hidden = torch.empty_like(h)
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, h.shape[0], chunk_rows):
+            h_chunk, t_chunk = h[start : start + chunk_rows], targets[start : start + chunk_rows]
+            valid = t_chunk != ignore_index
+            safe_targets = torch.where(valid, t_chunk, 0)
+            logits = (h_chunk @ w.T).float()  # (c, v), fp32 for the softmax as transformers does
+            lse = torch.logsumexp(logits, dim=-1)  # (c,)
+            target_logits = logits.gather(1, safe_targets[:, None]).squeeze(1)
+            loss_sum += ((lse - target_logits) * valid).sum()
+            # d(loss)/d(logits) = softmax - one_hot(target), zero on ignored rows; computed in place.
+            grad_logits = logits.sub_(lse[:, None]).exp_()
+            grad_logits[torch.arange(len(t_chunk), device=h.device), safe_targets] -= 1.0
+            grad_logits.mul_(valid[:, None])
+            grad_logits = grad_logits.to(compute_dtype)
+            grad_hidden[start : start + chunk_rows] = grad_logits @ w
+            # Summed in fp32 across chunks, as autocast accumulates a bf16 product into an fp32 .grad.
+            grad_weight += grad_logits.T @ h_chunk
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.hidden_dtype, ctx.weight_dtype, ctx.divisor = hidden.dtype, weight.dtype, divisor
+        return loss_sum / divisor
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        scale = grad_output / ctx.divisor
+        return (
+            (grad_hidden * scale).to(ctx.hidden_dtype),
+            (grad_weight * scale).to(ctx.weight_dtype),
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    ignore_index: int = -100,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    chunk_rows: int = 1024,
+) -> torch.Tensor:
+    """Mean cross-entropy of the logits `hidden @ weight.T` against `targets`, computed chunk by chunk.
+
+    Equals `F.cross_entropy(hidden @ weight.T, targets, ignore_index=...)` (sum / `num_items_in_batch`
+    when that is given, as transformers' loss does) with a fraction of its memory. Under autocast the
+    projection runs in the autocast dtype and the softmax in fp32.
+    """
+    hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1).to(hidden.device)
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        compute_dtype = torch.get_autocast_dtype(device_type)
+    else:
+        compute_dtype = hidden.dtype
+    if num_items_in_batch is None:
+        divisor = (targets != ignore_index).sum().clamp(min=1)
+    else:
+        divisor = torch.as_tensor(num_items_in_batch, device=hidden.device)
+    with torch.autocast(device_type, enabled=False):
+        return _LinearCrossEntropy.apply(
+            hidden, weight, targets, ignore_index, chunk_rows, compute_dtype, divisor.float()
+        )
+
+
 class GPTLitePreTrainedModel(PreTrainedModel):
     config_class = GPTLiteConfig
     base_model_prefix = ""
@@ -318,11 +399,16 @@ class GPTLiteForCausalLM(GPTLitePreTrainedModel, GenerationMixin):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        shift_labels: torch.LongTensor | None = None,
+        return_logits: bool = True,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Logits for every position (or the last `logits_to_keep`), and the loss when `labels` are given.
 
-        `labels` are the input ids themselves (shifted inside, -100 ignored), as in transformers.
+        `labels` are the input ids themselves (shifted inside, -100 ignored), as in transformers;
+        `shift_labels` are targets already aligned with the inputs (the book's `target_ids`).
+        `return_logits=False` computes the loss chunk by chunk without materialising the vocabulary-sized
+        logits (the fast training path) and returns `logits=None`.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
@@ -369,13 +455,30 @@ class GPTLiteForCausalLM(GPTLitePreTrainedModel, GenerationMixin):
         if output_hidden_states:
             all_hidden_states += (hidden_states,)
 
+        if not return_logits:
+            if labels is None and shift_labels is None:
+                raise ValueError("return_logits=False needs labels or shift_labels: there would be nothing to return")
+            if shift_labels is None:
+                shift_labels = F.pad(labels, (0, 1), value=-100)[:, 1:]  # tokens < n predict n
+            loss = linear_cross_entropy(
+                hidden_states, self.out_head.weight, shift_labels, num_items_in_batch=kwargs.get("num_items_in_batch")
+            )
+            return CausalLMOutputWithPast(
+                loss=loss,
+                past_key_values=past_key_values if use_cache else None,
+                hidden_states=all_hidden_states,
+                attentions=all_attentions,
+            )
+
         # Generation needs only the last position's logits: skip the vocabulary projection elsewhere.
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.out_head(hidden_states[:, keep, :])  # (b, kept, vocab)
 
         loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        if labels is not None or shift_labels is not None:
+            loss = self.loss_function(
+                logits=logits, labels=labels, shift_labels=shift_labels, vocab_size=self.config.vocab_size, **kwargs
+            )
 
         return CausalLMOutputWithPast(
             loss=loss,

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from gptlite import GPTLiteConfig, GPTLiteForCausalLM
+from gptlite.modeling_gptlite import linear_cross_entropy
 from tests.book_gpt import BookGPTModel, book_generate_simple
 from tests.reference_models import TINY, randomize_, tiny_model, to_gpt2
 
@@ -228,3 +229,55 @@ def test_cached_greedy_generation_equals_the_books_generate_text_simple():
     book = book_generate_simple(lambda ids: model(ids).logits, prompt, 20, TINY["context_length"])
     assert torch.equal(cached, uncached)
     assert torch.equal(cached, book)
+
+
+@pytest.mark.parametrize("num_items", [None, 50])
+def test_linear_cross_entropy_equals_cross_entropy_and_its_gradients(num_items):
+    hidden = torch.randn(70, 16, requires_grad=True)
+    weight = torch.randn(90, 16, requires_grad=True)
+    targets = torch.randint(0, 90, (70,))
+    targets[::5] = -100
+    logits = hidden @ weight.T
+    if num_items is None:
+        expected = torch.nn.functional.cross_entropy(logits, targets)
+    else:
+        expected = torch.nn.functional.cross_entropy(logits, targets, reduction="sum") / num_items
+    expected_grads = torch.autograd.grad(expected * 3, (hidden, weight))
+    ours = linear_cross_entropy(hidden, weight, targets, num_items_in_batch=num_items, chunk_rows=16)
+    grads = torch.autograd.grad(ours * 3, (hidden, weight))
+    assert abs(ours.item() - expected.item()) < 1e-6
+    for got, want in zip(grads, expected_grads):
+        assert (got - want).abs().max().item() < 1e-6
+
+
+def test_return_logits_false_gives_the_same_loss_and_gradients_without_logits():
+    model = tiny_model().train()
+    randomize_(model)
+    ids = torch.randint(0, TINY["vocab_size"], (3, 21))
+    targets = torch.randint(0, TINY["vocab_size"], (3, 21))
+    for kwargs in ({"labels": ids}, {"shift_labels": targets}):
+        results = []
+        for return_logits in (True, False):
+            model.zero_grad()
+            torch.manual_seed(9)  # dropout is 0, but keep both passes identical regardless
+            out = model(ids, return_logits=return_logits, **kwargs)
+            out.loss.backward()
+            results.append((out, {n: p.grad.clone() for n, p in model.named_parameters()}))
+        (full, full_grads), (fused, fused_grads) = results
+        assert fused.logits is None
+        assert abs(full.loss.item() - fused.loss.item()) < 1e-5
+        for name, grad in full_grads.items():
+            assert (grad - fused_grads[name]).abs().max().item() < 1e-5, name
+    with pytest.raises(ValueError, match="return_logits=False needs labels"):
+        model(ids, return_logits=False)
+
+
+def test_shift_labels_are_the_books_targets():
+    model = tiny_model()
+    ids = torch.randint(0, TINY["vocab_size"], (2, 9))
+    targets = torch.randint(0, TINY["vocab_size"], (2, 9))
+    with torch.no_grad():
+        logits = model(ids).logits
+        loss = model(ids, shift_labels=targets).loss
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())  # the book's calc_loss_batch
+    assert abs(loss.item() - expected.item()) < 1e-6
