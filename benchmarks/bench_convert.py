@@ -54,8 +54,9 @@ def run(layout: str, dtype: str | None, work: Path) -> dict[str, float]:
     subprocess.run([sys.executable, "-c", MAKE, str(src), layout], check=True, capture_output=True)
     checkpoint = _folder_size(src, ("model.safetensors", "pytorch_model.bin"))
 
-    done = subprocess.run([sys.executable, "-c", CONVERT, str(src), str(out), dtype or "-"],
-                          check=True, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", CONVERT, str(src), str(out), dtype or "-"], check=True, capture_output=True, text=True
+    )
     report = json.loads(done.stdout.strip().splitlines()[-1])
     mib = 1024 * 1024
     return {
@@ -80,12 +81,16 @@ def main(argv: list[str] | None = None) -> None:
     else:
         with tempfile.TemporaryDirectory(prefix="bench-convert-") as work:
             result = run(args.layout, args.dtype, Path(work))
-    print(f"from_hf, random GPT-2 124M ({args.layout}, {result['checkpoint_mib']:.0f} MiB) -> gptlite "
-          f"({args.dtype or 'same dtype'}, {result['output_mib']:.0f} MiB)")
+    print(
+        f"from_hf, random GPT-2 124M ({args.layout}, {result['checkpoint_mib']:.0f} MiB) -> gptlite "
+        f"({args.dtype or 'same dtype'}, {result['output_mib']:.0f} MiB)"
+    )
     print(f"  wall time : {result['seconds']:.2f} s (goal <= 10 s)")
-    print(f"  peak RSS  : {result['peak_rss_mib']:.0f} MiB = {result['peak_over_checkpoint']:.2f}x the "
-          f"checkpoint (goal <= 1.5x); {result['rss_after_imports_mib']:.0f} MiB of it is the interpreter "
-          f"with torch and transformers imported")
+    print(
+        f"  peak RSS  : {result['peak_rss_mib']:.0f} MiB = {result['peak_over_checkpoint']:.2f}x the "
+        f"checkpoint (goal <= 1.5x); {result['rss_after_imports_mib']:.0f} MiB of it is the interpreter "
+        f"with torch and transformers imported"
+    )
 
 
 if __name__ == "__main__":

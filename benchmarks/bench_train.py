@@ -1,0 +1,107 @@
+"""Training throughput: gptlite against transformers' GPT2LMHeadModel, same shape, same batches, one process.
+
+    python benchmarks/bench_train.py [--batch-sizes 2 8] [--steps 4]
+
+Each side runs forward (labels= loss), backward, gradient clipping and an AdamW step at the book's 124M
+setting (context 256, dropout 0.1), in fp32 and with bf16 autocast; the ratio compares each side's best.
+MFU is measured against the bf16 matmul peak timed in this same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from benchmarks.common import (
+    Measurement,
+    gpt124m_pair,
+    matmul_peak_flops,
+    native_bf16,
+    peak_rss,
+    training_flops_per_token,
+)
+
+
+def make_step(model, precision: str, fused_loss: bool):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=4e-4, weight_decay=0.1, foreach=True)
+    autocast = precision == "bf16"
+
+    def step(ids: torch.Tensor) -> float:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            if fused_loss:
+                loss = model(ids, labels=ids, return_logits=False).loss
+            else:
+                loss = model(ids, labels=ids).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return step
+
+
+def measure(
+    name: str, model, precision: str, batches: list[torch.Tensor], warmup: int, fused_loss=False
+) -> Measurement:
+    model.train()
+    step = make_step(model, precision, fused_loss)
+    for ids in batches[:warmup]:
+        step(ids)
+    with peak_rss() as memory:
+        start = time.perf_counter()
+        for ids in batches[warmup:]:
+            step(ids)
+        elapsed = time.perf_counter() - start
+    tokens = sum(ids.numel() for ids in batches[warmup:])
+    return Measurement(name, tokens / elapsed, memory["peak"] / 2**20)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[2, 8])
+    parser.add_argument("--steps", type=int, default=4, help="measured steps per configuration")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--context-length", type=int, default=256)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+
+    precisions = ["fp32", "bf16"] if native_bf16() else ["fp32"]
+    peak_dtype = torch.bfloat16 if native_bf16() else torch.float32
+    peak = matmul_peak_flops(peak_dtype)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
+        f"{torch.backends.cpu.get_cpu_capability()}; {str(peak_dtype)[6:]} matmul peak {peak / 1e12:.3f} TFLOP/s"
+    )
+    if not native_bf16():
+        print("no native bf16 on this CPU (no AVX512-BF16/AMX): bf16 is emulated and skipped; MFU is against fp32")
+    ours, theirs = gpt124m_pair(args.context_length)
+    cfg = ours.config
+    n_no_emb = sum(p.numel() for p in ours.parameters()) - ours.tok_emb.weight.numel() - ours.pos_emb.weight.numel()
+    flops_per_token = training_flops_per_token(n_no_emb, cfg.n_layers, cfg.emb_dim, cfg.context_length, cfg.vocab_size)
+
+    for batch_size in args.batch_sizes:
+        batches = [
+            torch.randint(0, cfg.vocab_size, (batch_size, args.context_length)) for _ in range(args.warmup + args.steps)
+        ]
+        best = {}
+        for side, model in (("transformers GPT2LMHeadModel", theirs), ("gptlite", ours)):
+            for precision in precisions:
+                fused = side == "gptlite"
+                m = measure(f"{side} {precision} b{batch_size}", model, precision, batches, args.warmup, fused)
+                m.extra = f"MFU {m.tokens_per_s * flops_per_token / peak:.1%}"
+                print(m.row(), flush=True)
+                if m.tokens_per_s > best.get(side, Measurement("", 0, 0)).tokens_per_s:
+                    best[side] = m
+        ratio = best["gptlite"].tokens_per_s / best["transformers GPT2LMHeadModel"].tokens_per_s
+        print(
+            f"batch {batch_size}: gptlite best / transformers best = {ratio:.2f}x "
+            f"({best['gptlite'].name} vs {best['transformers GPT2LMHeadModel'].name})",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
