@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+import time
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -34,7 +36,15 @@ from gptlite.training.evaluation import evaluation_batches, mean_loss, sample_te
 from gptlite.training.monitoring import History, Progress
 from gptlite.training.schedule import build_scheduler, should_clip
 
-__all__ = ["TrainResult", "build_model", "build_optimizer", "make_accelerator", "seed_everything", "train"]
+__all__ = [
+    "TrainResult",
+    "build_model",
+    "build_optimizer",
+    "keep_freed_memory",
+    "make_accelerator",
+    "seed_everything",
+    "train",
+]
 
 
 @dataclass
@@ -86,6 +96,27 @@ def make_accelerator(
         project_config=project,
         step_scheduler_with_optimizer=False,
     )
+
+
+def keep_freed_memory(device: torch.device) -> None:
+    """On CPU under glibc, stop ``free`` from handing large blocks back to the OS (a process-wide setting).
+
+    Every step allocates and frees vocabulary-sized logits (hundreds of MB). glibc serves blocks that
+    large with ``mmap`` and unmaps them on free, so each step page-faults them in again: a third of the
+    CPU time went to the kernel, and keeping the memory made steps about 1.5x faster on two cores.
+    """
+    if device.type != "cpu" or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+        libc.mallopt(m_mmap_threshold, 1 << 30)
+        libc.mallopt(m_trim_threshold, (1 << 31) - 1)
+    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
+        pass
 
 
 def seed_everything(seed: int) -> None:
@@ -145,6 +176,7 @@ def train(config: TrainConfig) -> TrainResult:
     from gptlite.tokenization import get_hf_tokenizer, get_tokenizer
     from gptlite.training.data import build_dataloaders
 
+    started = time.perf_counter()
     out = Path(config.output_dir)
     accelerator = make_accelerator(config.mixed_precision, config.grad_accum, config.report_to, out)
     resume = resolve_resume(config.resume_from, out)
@@ -154,6 +186,7 @@ def train(config: TrainConfig) -> TrainResult:
     if len(get_tokenizer().encode(config.start_context)) >= config.context_length:
         raise ValueError(f"--start-context {config.start_context!r} leaves no room in --context-length")
 
+    keep_freed_memory(accelerator.device)
     seed_everything(config.seed)
     model = build_model(config).to(accelerator.device)
     with accelerator.main_process_first():  # the main process tokenizes and caches, the others then read
@@ -191,6 +224,8 @@ def train(config: TrainConfig) -> TrainResult:
     if resume is not None:
         progress.write(f"Resumed from {resume} at optimizer step {state.global_step} "
                        f"(epoch {state.epoch + 1}, step {state.step_in_epoch} of the epoch)")
+    elif config.resume_from == "latest":
+        progress.write(f"--resume-from latest: no checkpoint in {out / 'checkpoints'} yet, starting from scratch")
     tokenizer = get_hf_tokenizer()
     world, accum = accelerator.num_processes, config.grad_accum
 
@@ -284,12 +319,16 @@ def train(config: TrainConfig) -> TrainResult:
         checkpoint()
     progress.close()
     _save_outputs(accelerator, model, config, history, out)
+    minutes, seconds = divmod(time.perf_counter() - started, 60)
+    accelerator.print(f"{state.global_step} optimizer steps, {state.tokens_seen:,} tokens seen; this run took "
+                      f"{int(minutes)}m{seconds:04.1f}s, training at {progress.tokens_per_second:,.0f} tokens/s")
     accelerator.end_training()
     return TrainResult(out, history, state.global_step, state.tokens_seen, progress.tokens_per_second, resume)
 
 
 def _save_outputs(accelerator, model, config: TrainConfig, history: History, out: Path) -> None:
     from gptlite.tokenization import save_tokenizer
+    from gptlite.training.data import train_source
     from gptlite.training.plots import plot_losses, plot_lr
 
     accelerator.wait_for_everyone()
@@ -298,7 +337,7 @@ def _save_outputs(accelerator, model, config: TrainConfig, history: History, out
     unwrapped = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     unwrapped.save_pretrained(out)  # config.json, model.safetensors, generation_config.json, the model's code
     save_tokenizer(out, model_max_length=unwrapped.config.context_length)
-    history.save(out / "history.json")
+    history.save(out / "history.json", dataset=train_source(config.data_config()).describe())
     (out / "train_config.json").write_text(json.dumps(config.to_dict(), indent=1), encoding="utf-8")
     if history.step:
         plot_losses(history, out / "loss.png")

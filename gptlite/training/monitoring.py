@@ -55,15 +55,20 @@ class History:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, list]) -> History:
+    def from_dict(cls, values: dict) -> History:
+        """The lists of ``values`` (a saved history; other keys are ignored)."""
         return cls(**{key: list(values.get(key, [])) for key in cls.__dataclass_fields__})
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the history as JSON (NaN losses as null, so any JSON reader accepts it)."""
-        values = {
+    def save(self, path: str | os.PathLike[str], **extra: str | float) -> Path:
+        """Write the history as JSON (NaN losses as null, so any JSON reader accepts it).
+
+        ``extra`` scalars are written beside the lists, e.g. ``dataset=`` (which model cards show).
+        """
+        values: dict = {
             key: [None if isinstance(v, float) and not math.isfinite(v) else v for v in seq]
             for key, seq in self.to_dict().items()
         }
+        values |= extra
         path = Path(path)
         path.write_text(json.dumps(values, indent=1), encoding="utf-8")
         return path

@@ -50,7 +50,9 @@ def test_run_writes_model_tokenizer_history_plots_and_checkpoints(tmp_path, corp
     total = 2 * per_epoch
     assert per_epoch >= 8 and result.global_step == total
 
-    history = History.from_dict(json.loads((out / "history.json").read_text()))
+    saved = json.loads((out / "history.json").read_text())
+    assert saved["dataset"] == str(corpus.resolve())  # named in model cards (gptlite.hub)
+    history = History.from_dict(saved)
     assert history.step == list(range(0, total, 3))  # the book's global_step, step 0 included
     tokens_per_step = config.batch_size * config.context_length
     assert history.tokens_seen == [(s + 1) * tokens_per_step for s in history.step]
@@ -156,6 +158,18 @@ def test_tiny_corpus_errors_name_the_setting_to_change(tmp_path, n_words, overri
     corpus = write_corpus(tmp_path / "tiny.txt", n_words=n_words)
     with pytest.raises(ValueError, match=flag):
         train(tiny_config(tmp_path, corpus, **{"batch_size": 4, **overrides}))
+
+
+def test_streaming_trains_and_evaluates_from_a_document_stream(tmp_path):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(10):  # every 10th document (the last) validates
+        write_corpus(folder / f"doc{i}.txt", n_words=300, seed=i)
+    result = train(tiny_config(tmp_path, folder, streaming=True, max_steps=4, eval_freq=3))
+    assert result.global_step == 4 and result.history.step == [0, 3]
+    assert all(math.isfinite(v) for v in result.history.train_loss + result.history.val_loss)
+    state = load_trainer_state(tmp_path / "run" / "checkpoints" / "checkpoint-4")
+    assert (state.steps_per_epoch, state.step_in_epoch) == (0, 4)
 
 
 def test_start_context_must_fit_the_context(tmp_path, corpus):

@@ -1,0 +1,39 @@
+"""The main job's path: ``gptlite-train`` with the default recipe on the built-in corpus, then ``gptlite-generate``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from trainkit import run, subprocess_env, train_command
+
+from gptlite.training.recipes import build_config
+
+
+def test_default_settings_train_a_small_model_on_the_built_in_corpus():
+    config = build_config()
+    assert config.data == [] and config.dataset is None  # pydoc_data.topics: no download
+    assert config.output_dir == "runs/default" and config.max_steps is None
+    model = config.model_config()
+    assert model.vocab_size == 50257 and model.emb_dim * model.n_layers <= 2048  # small enough for 2 CPU cores
+
+
+@pytest.mark.slow
+def test_default_job_runs_and_its_model_continues_a_prompt(tmp_path):
+    # Everything the no-argument command does, cut to a few steps and written under tmp_path.
+    out = tmp_path / "run"
+    env = subprocess_env(tmp_path)
+    flags = ["--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"), "--max-steps", "3", "--eval-iter", "1"]
+    done = run(train_command(*flags), env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Ep 1 (Step 000000): Train loss" in done.stdout and "tokens/s" in done.stdout
+    saved = json.loads((out / "train_config.json").read_text())
+    for changed in ("output_dir", "cache_dir", "max_steps", "eval_iter"):
+        saved.pop(changed)
+    assert saved.items() <= build_config().to_dict().items()
+    history = json.loads((out / "history.json").read_text())
+    assert history["dataset"] == "the built-in corpus (pydoc_data.topics)" and len(history["lr"]) == 3
+
+    generated = run(["gptlite-generate", str(out), "--prompt", "The for statement", "--max-new-tokens", "5"], env)
+    assert generated.returncode == 0, generated.stderr[-2000:]
+    assert generated.stdout.startswith("The for statement")
