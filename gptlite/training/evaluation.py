@@ -13,7 +13,6 @@ from collections.abc import Iterable
 from itertools import islice
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from gptlite.training.monitoring import perplexity
@@ -27,11 +26,11 @@ def token_loss_sum(model, input_ids: torch.Tensor, target_ids: torch.Tensor) -> 
     ``target_ids`` are the inputs shifted by one, as the windows yield them, so no shift happens here
     (unlike ``labels=`` of the model's forward, which shifts inside).
     """
-    # No KV cache: training never reuses it, and building one costs memory and time.
-    logits = model(input_ids=input_ids, use_cache=False).logits  # (b, t, vocab)
-    loss_sum = F.cross_entropy(
-        logits.flatten(0, 1).float(), target_ids.flatten(), ignore_index=-100, reduction="sum"
-    )
+    # No KV cache: training never reuses it. return_logits=False computes the loss chunk by chunk without
+    # materialising (b, t, vocab) logits; num_items_in_batch=1 makes it the sum rather than the mean.
+    loss_sum = model(
+        input_ids=input_ids, shift_labels=target_ids, return_logits=False, num_items_in_batch=1, use_cache=False
+    ).loss
     return loss_sum, (target_ids != -100).sum()
 
 
