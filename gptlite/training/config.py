@@ -64,7 +64,7 @@ class TrainConfig:
     """A GPT-2 size (gpt2-small/124M, gpt2-medium, gpt2-large, gpt2-xl): fixes emb_dim, n_layers, n_heads, qkv_bias."""
     emb_dim: int = 128
     """Width of the residual stream."""
-    n_layers: int = 4
+    n_layers: int = 6
     """Number of transformer blocks."""
     n_heads: int = 4
     """Attention heads per block (must divide --emb-dim)."""
@@ -86,7 +86,7 @@ class TrainConfig:
     """Windows per batch on each process."""
     grad_accum: int = 1
     """Batches accumulated into one optimizer step."""
-    epochs: int = 2
+    epochs: int = 3
     """Passes over the training windows (ignored when --max-steps is set)."""
     max_steps: int | None = None
     """Stop after this many optimizer steps (overrides --epochs)."""
@@ -112,7 +112,7 @@ class TrainConfig:
     # -- monitoring ---------------------------------------------------------------------------
     eval_freq: int = 50
     """Evaluate every this many optimizer steps, the first step included."""
-    eval_iter: int = 10
+    eval_iter: int = 5
     """Batches of the training and validation splits each evaluation averages over."""
     start_context: str = "Every effort moves you"
     """Prompt continued greedily after every epoch, to watch the model learn."""

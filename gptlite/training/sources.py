@@ -17,6 +17,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ __all__ = [
     "default_corpus",
     "resolve_files",
     "single_document",
+    "unwrap_prose",
 ]
 
 TEXT_SUFFIXES: tuple[str, ...] = (".txt", ".text", ".md", ".markdown", ".rst")
@@ -39,11 +41,32 @@ def default_corpus() -> list[str]:
     """The built-in corpus: CPython's ``pydoc_data.topics.topics`` (about 465 KB of English), one document per topic.
 
     Topics are ordered by name, so the corpus is the same on every run of a given Python version.
-    This is what ``gptlite-train`` trains on when given no data.
+    Prose paragraphs are unwrapped (see :func:`unwrap_prose`). This is what ``gptlite-train`` trains
+    on when given no data.
     """
     from pydoc_data.topics import topics
 
-    return [topics[name] for name in sorted(topics)]
+    return [unwrap_prose(topics[name]) for name in sorted(topics)]
+
+
+_UNDERLINE = re.compile(r"^([*=\-^~#])\1+$")
+
+
+def unwrap_prose(text: str) -> str:
+    """Join each plain paragraph of ``text`` into one line with single spaces; keep every other block as it is.
+
+    pydoc's topics are hard-wrapped at about 70 columns with two spaces after each sentence. A small model
+    trained on that puts a newline or a space after almost every word when decoding greedily, so the
+    built-in corpus joins paragraphs whose lines all start at column 0. Indented blocks (code, lists)
+    and titles with their underline keep their layout.
+    """
+    blocks = []
+    for block in text.split("\n\n"):
+        lines = block.split("\n")
+        if all(line and not line[0].isspace() for line in lines) and not any(_UNDERLINE.match(x) for x in lines):
+            block = re.sub(r" {2,}", " ", " ".join(lines))
+        blocks.append(block)
+    return "\n\n".join(blocks)
 
 
 def _has_known_suffix(path: Path) -> bool:
