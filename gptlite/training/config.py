@@ -136,6 +136,8 @@ class TrainConfig:
     """Seeds the model's initialisation, dropout and the order of the training windows."""
     mixed_precision: str | None = None
     """no, bf16 or fp16 autocast (default: what `accelerate launch` was given, else no)."""
+    book_exact: bool = False
+    """Run the book's chapter-5 loop draw for draw (one process; global-RNG shuffling; no checkpoints)."""
 
     def __post_init__(self) -> None:
         for name in ("data", "validation_data", "report_to"):

@@ -179,6 +179,10 @@ def _check_resumable(saved: TrainerState, config: TrainConfig, now: TrainerState
 
 def train(config: TrainConfig) -> TrainResult:
     """Train a model as ``config`` says; write the model, tokenizer, history and plots to ``config.output_dir``."""
+    if config.book_exact:  # the book's chapter-5 loop, draw for draw
+        from gptlite.training.book_exact import train_book_exact
+
+        return train_book_exact(config)
     from gptlite.tokenization import get_hf_tokenizer, get_tokenizer
     from gptlite.training.data import build_dataloaders
 

@@ -3,8 +3,9 @@
 * ``default``: the main job, :class:`~gptlite.training.config.TrainConfig`'s defaults (a small model on
   the built-in Python-documentation corpus), sampling from "The for statement".
 * ``book-ch5``: chapter 5 of the book: the 124M model at context 256, stride 256, batch 2, 10 epochs,
-  AdamW at a constant 4e-4 with weight decay 0.1, evaluation every 5 steps over 5 batches, no clipping.
-  The book trains on ``the-verdict.txt``: pass it with ``--data``.
+  AdamW at a constant 4e-4 with weight decay 0.1, evaluation every 5 steps over 1 batch, no clipping.
+  The book trains on ``the-verdict.txt``: pass it with ``--data``. It runs book-exact
+  (:mod:`gptlite.training.book_exact`): the book's loop and random draws, so its losses are the book's.
 * ``book-appendix-d``: appendix D's loop on the same model and data: 15 epochs, linear warmup over 20%
   of the steps from 1e-5 to a peak of 5e-4, cosine decay to 1e-5, gradient clipping at 1.0 after warmup,
   evaluation every 5 steps over 1 batch.
@@ -55,7 +56,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         "peak_lr": 4e-4,
         "grad_clip": None,
         "eval_freq": 5,
-        "eval_iter": 5,
+        "eval_iter": 1,
+        "book_exact": True,
     },
     "book-appendix-d": {
         **_BOOK_124M,

@@ -59,13 +59,14 @@ def test_book_recipes_have_the_books_settings():
     assert (model.drop_rate, model.qkv_bias, model.tie_word_embeddings) == (0.1, False, False)
     assert (model.initializer, ch5.attn_implementation) == ("book", "eager")
     assert (ch5.stride, ch5.batch_size, ch5.epochs, ch5.peak_lr, ch5.weight_decay) == (256, 2, 10, 4e-4, 0.1)
-    assert (ch5.eval_freq, ch5.eval_iter, ch5.grad_clip, ch5.seed) == (5, 5, None, 123)
+    assert (ch5.eval_freq, ch5.eval_iter, ch5.grad_clip, ch5.seed, ch5.book_exact) == (5, 1, None, 123, True)
     assert {ch5.lr_schedule(100).lr(s) for s in range(100)} == {4e-4}  # constant
     d = build_config("book-appendix-d")
     schedule = d.lr_schedule(100)
     assert (d.epochs, schedule.warmup_steps, schedule.initial_lr, schedule.min_lr) == (15, 20, 1e-5, 1e-5)
     assert schedule.lr(0) == 1e-5 and schedule.lr(20) == pytest.approx(5e-4) and schedule.lr(99) < 2e-5
-    assert (d.grad_clip, d.clip_mode, d.eval_iter) == (1.0, "after-warmup", 1)
+    assert (d.grad_clip, d.clip_mode, d.eval_iter, d.book_exact) == (1.0, "after-warmup", 1, False)
+    assert not build_config().book_exact  # the default path is untouched
 
 
 def test_a_preset_replaces_the_recipe_architecture_and_clashes_with_explicit_sizes(capsys):

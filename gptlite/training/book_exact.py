@@ -1,0 +1,159 @@
+"""Book-exact training: chapter 5's ``train_model_simple``, random draw for random draw.
+
+:func:`~gptlite.training.loop.train` hands over to :func:`train_book_exact` when ``book_exact`` is set
+(the ``book-ch5`` recipe sets it). The run then draws exactly the random numbers the book's listing
+draws, in the same order, from the global torch generator:
+
+* ``torch.manual_seed(seed)`` right before the model is built, with PyTorch's default initialisation
+  (``initializer="book"``) drawn in the book's construction order;
+* the training DataLoader is the book's plain ``DataLoader(shuffle=True, drop_last=True)`` without a
+  generator of its own: each time it is iterated (every epoch, and every evaluation, which takes its
+  first ``eval_iter`` batches) it draws a base seed and a sampler seed from the global generator;
+* dropout in the book's order (eager attention: SDPA's fused dropout draws differently);
+* evaluation is the book's ``evaluate_model``: ``model.eval()``, ``torch.no_grad()``, the mean of
+  per-batch mean losses over the first ``eval_iter`` batches of the shuffled training loader, then of
+  the validation loader; the greedy sample after each epoch draws nothing;
+* AdamW with PyTorch's default (for-loop) implementation on CPU, constant learning rate, no clipping,
+  no gradient accumulation; the loss is the book's ``calc_loss_batch`` (mean cross-entropy).
+
+Accelerate provides the device, the output writing and the trackers, but prepares nothing: wrapping the
+loader would change its draws. So book-exact runs in one process only, and keeps no checkpoints (the
+final model, history and plots are written as for any run).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gptlite.training.config import TrainConfig
+
+__all__ = ["book_calc_loss_batch", "book_calc_loss_loader", "check_book_exact", "train_book_exact"]
+
+
+def check_book_exact(config: TrainConfig, num_processes: int = 1) -> None:
+    """Refuse settings the book's loop has no counterpart for, naming them."""
+    problems = []
+    if num_processes != 1:
+        problems.append(f"{num_processes} processes (the book trains in one)")
+    if config.grad_accum != 1:
+        problems.append(f"--grad-accum {config.grad_accum} (the book has none)")
+    if config.streaming:
+        problems.append("--streaming")
+    if config.max_steps is not None:
+        problems.append(f"--max-steps {config.max_steps}")
+    if config.schedule != "constant":
+        problems.append(f"--schedule {config.schedule} (the book's chapter 5 uses a constant learning rate)")
+    if config.grad_clip is not None:
+        problems.append(f"--grad-clip {config.grad_clip} (chapter 5 does not clip)")
+    if config.mixed_precision not in (None, "no"):
+        problems.append(f"--mixed-precision {config.mixed_precision}")
+    if config.resume_from is not None or config.checkpoint_every is not None:
+        problems.append("--resume-from / --checkpoint-every (book-exact keeps no checkpoints)")
+    if config.init_from is not None:
+        problems.append(f"--init-from {config.init_from}")
+    if config.initializer != "book":
+        problems.append(f"--initializer {config.initializer} (the book keeps PyTorch's default initialisation)")
+    if config.attn_implementation != "eager":
+        problems.append(f"--attn-implementation {config.attn_implementation} (its dropout draws differently)")
+    if problems:
+        raise ValueError("--book-exact reproduces the book's single-process loop and cannot run with "
+                         + "; ".join(problems) + ". Drop these settings or pass --no-book-exact.")
+
+
+def book_calc_loss_batch(model, input_batch: torch.Tensor, target_batch: torch.Tensor) -> torch.Tensor:
+    """The book's ``calc_loss_batch``: mean cross-entropy of the flattened logits against the targets."""
+    logits = model(input_ids=input_batch, use_cache=False).logits
+    return F.cross_entropy(logits.flatten(0, 1), target_batch.flatten())
+
+
+def book_calc_loss_loader(data_loader, model, device, num_batches: int | None = None) -> float:
+    """The book's ``calc_loss_loader``: the mean of per-batch mean losses over the first ``num_batches``."""
+    if data_loader is None or len(data_loader) == 0:
+        return float("nan")
+    num_batches = len(data_loader) if num_batches is None else min(num_batches, len(data_loader))
+    total_loss = 0.0
+    for i, (input_batch, target_batch) in enumerate(data_loader):  # iterating draws, as in the book
+        if i >= num_batches:
+            break
+        total_loss += book_calc_loss_batch(model, input_batch.to(device), target_batch.to(device)).item()
+    return total_loss / num_batches
+
+
+def train_book_exact(config: TrainConfig):
+    """Train as the book's chapter-5 listing does; write the same outputs as :func:`~gptlite.training.loop.train`."""
+    from gptlite.tokenization import get_hf_tokenizer, get_tokenizer
+    from gptlite.training.data import build_dataloaders
+    from gptlite.training.evaluation import sample_text
+    from gptlite.training.loop import TrainResult, _save_outputs, build_model, keep_freed_memory, make_accelerator
+    from gptlite.training.monitoring import History, Progress
+
+    started = time.perf_counter()
+    out = Path(config.output_dir)
+    accelerator = make_accelerator(config.mixed_precision, config.grad_accum, config.report_to, out)
+    check_book_exact(config, accelerator.num_processes)
+    if len(get_tokenizer().encode(config.start_context)) >= config.context_length:
+        raise ValueError(f"--start-context {config.start_context!r} leaves no room in --context-length")
+    out.mkdir(parents=True, exist_ok=True)
+    device = accelerator.device
+    keep_freed_memory(device)
+
+    # The book's loaders: building them draws nothing; the training one shuffles from the global generator.
+    train_loader, val_loader = build_dataloaders(config.data_config(), config.batch_size, seed=None)
+    steps_per_epoch = len(train_loader)
+    total_steps = config.epochs * steps_per_epoch
+
+    # torch.manual_seed(123); model = GPTModel(GPT_CONFIG_124M); model.to(device); AdamW(...)
+    random.seed(config.seed)
+    np.random.seed(config.seed % 2**32)
+    torch.manual_seed(config.seed)
+    model = build_model(config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.peak_lr, weight_decay=config.weight_decay)
+
+    if config.report_to:
+        accelerator.init_trackers("gptlite", config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                                                     for k, v in config.to_dict().items()})
+    history = History()
+    progress = Progress(accelerator, total_steps)
+    tokenizer = get_hf_tokenizer()
+    tokens_seen, global_step = 0, -1
+
+    def evaluate(epoch: int, step_in_epoch: int) -> None:  # the book's evaluate_model
+        model.eval()
+        with torch.no_grad():
+            train_loss = book_calc_loss_loader(train_loader, model, device, num_batches=config.eval_iter)
+            val_loss = (None if val_loader is None
+                        else book_calc_loss_loader(val_loader, model, device, num_batches=config.eval_iter))
+        model.train()
+        history.record_eval(global_step, epoch + step_in_epoch / steps_per_epoch, tokens_seen, train_loss, val_loss)
+        progress.evaluation(epoch, global_step, tokens_seen, train_loss, val_loss)
+
+    for epoch in range(config.epochs):
+        model.train()
+        for step_in_epoch, (input_batch, target_batch) in enumerate(train_loader, start=1):
+            progress.start_step()
+            input_batch, target_batch = input_batch.to(device), target_batch.to(device)
+            optimizer.zero_grad()
+            loss = book_calc_loss_batch(model, input_batch, target_batch)
+            loss.backward()
+            optimizer.step()
+            tokens_seen += input_batch.numel()
+            global_step += 1
+            history.record_step(config.peak_lr, loss.item())
+            progress.end_step(global_step + 1, history.step_loss[-1], config.peak_lr, input_batch.numel())
+            if global_step % config.eval_freq == 0:
+                evaluate(epoch, step_in_epoch)
+        progress.write(sample_text(model, tokenizer, config.start_context, config.sample_tokens))
+
+    progress.close()
+    _save_outputs(accelerator, model, config, history, out)
+    minutes, seconds = divmod(time.perf_counter() - started, 60)
+    accelerator.print(f"{global_step + 1} optimizer steps, {tokens_seen:,} tokens seen; this book-exact run took "
+                      f"{int(minutes)}m{seconds:04.1f}s, training at {progress.tokens_per_second:,.0f} tokens/s")
+    accelerator.end_training()
+    return TrainResult(out, history, global_step + 1, tokens_seen, progress.tokens_per_second, None)

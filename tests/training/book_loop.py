@@ -1,0 +1,134 @@
+"""A plain copy of the book's chapter-5 training code (``GPTDatasetV1`` to ``train_model_simple``), for the tests.
+
+It shares no code with gptlite's training package: it drives :class:`tests.book_gpt.BookGPTModel` (or any
+module returning logits) exactly as the book's listing does, so gptlite's book-exact mode can be compared
+against it number for number.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+class GPTDatasetV1(Dataset):
+    def __init__(self, txt, tokenizer, max_length, stride):
+        self.input_ids = []
+        self.target_ids = []
+        token_ids = tokenizer.encode(txt, allowed_special={"<|endoftext|>"})
+        for i in range(0, len(token_ids) - max_length, stride):
+            input_chunk = token_ids[i : i + max_length]
+            target_chunk = token_ids[i + 1 : i + max_length + 1]
+            self.input_ids.append(torch.tensor(input_chunk))
+            self.target_ids.append(torch.tensor(target_chunk))
+
+    def __len__(self):
+        return len(self.input_ids)
+
+    def __getitem__(self, idx):
+        return self.input_ids[idx], self.target_ids[idx]
+
+
+def create_dataloader_v1(txt, tokenizer, batch_size=4, max_length=256, stride=128, shuffle=True, drop_last=True,
+                         num_workers=0):
+    dataset = GPTDatasetV1(txt, tokenizer, max_length, stride)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=num_workers)
+
+
+def calc_loss_batch(input_batch, target_batch, model, device):
+    input_batch, target_batch = input_batch.to(device), target_batch.to(device)
+    logits = model(input_batch)
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), target_batch.flatten())
+
+
+def calc_loss_loader(data_loader, model, device, num_batches=None):
+    total_loss = 0.0
+    if len(data_loader) == 0:
+        return float("nan")
+    elif num_batches is None:
+        num_batches = len(data_loader)
+    else:
+        num_batches = min(num_batches, len(data_loader))
+    for i, (input_batch, target_batch) in enumerate(data_loader):
+        if i < num_batches:
+            loss = calc_loss_batch(input_batch, target_batch, model, device)
+            total_loss += loss.item()
+        else:
+            break
+    return total_loss / num_batches
+
+
+def evaluate_model(model, train_loader, val_loader, device, eval_iter):
+    model.eval()
+    with torch.no_grad():
+        train_loss = calc_loss_loader(train_loader, model, device, num_batches=eval_iter)
+        val_loss = calc_loss_loader(val_loader, model, device, num_batches=eval_iter)
+    model.train()
+    return train_loss, val_loss
+
+
+def generate_text_simple(model, idx, max_new_tokens, context_size):
+    for _ in range(max_new_tokens):
+        idx_cond = idx[:, -context_size:]
+        with torch.no_grad():
+            logits = model(idx_cond)
+        logits = logits[:, -1, :]
+        idx_next = torch.argmax(logits, dim=-1, keepdim=True)
+        idx = torch.cat((idx, idx_next), dim=1)
+    return idx
+
+
+def generate_and_print_sample(model, tokenizer, device, start_context, context_size):
+    model.eval()
+    encoded = torch.tensor(tokenizer.encode(start_context)).unsqueeze(0).to(device)
+    with torch.no_grad():
+        token_ids = generate_text_simple(model=model, idx=encoded, max_new_tokens=50, context_size=context_size)
+    decoded_text = tokenizer.decode(token_ids.squeeze(0).tolist())
+    model.train()
+    return decoded_text.replace("\n", " ")
+
+
+def train_model_simple(model, train_loader, val_loader, optimizer, device, num_epochs, eval_freq, eval_iter,
+                       start_context, tokenizer, context_size):
+    train_losses, val_losses, track_tokens_seen, step_losses, samples = [], [], [], [], []
+    tokens_seen, global_step = 0, -1
+    for epoch in range(num_epochs):
+        model.train()
+        for input_batch, target_batch in train_loader:
+            optimizer.zero_grad()
+            loss = calc_loss_batch(input_batch, target_batch, model, device)
+            loss.backward()
+            optimizer.step()
+            step_losses.append(loss.item())
+            tokens_seen += input_batch.numel()
+            global_step += 1
+            if global_step % eval_freq == 0:
+                train_loss, val_loss = evaluate_model(model, train_loader, val_loader, device, eval_iter)
+                train_losses.append(train_loss)
+                val_losses.append(val_loss)
+                track_tokens_seen.append(tokens_seen)
+        samples.append(generate_and_print_sample(model, tokenizer, device, start_context, context_size))
+    return train_losses, val_losses, track_tokens_seen, step_losses, samples
+
+
+def run_book_chapter5(text, cfg, tokenizer, num_epochs=10, batch_size=2, eval_freq=5, eval_iter=1, lr=0.0004,
+                      weight_decay=0.1, seed=123, start_context="Every effort moves you", model_factory=None):
+    """The chapter's listing: split at 90% of the characters, loaders, ``torch.manual_seed``, model, AdamW, train."""
+    from tests.book_gpt import BookGPTModel
+
+    train_ratio = 0.90
+    split_idx = int(train_ratio * len(text))
+    train_data, val_data = text[:split_idx], text[split_idx:]
+    torch.manual_seed(seed)
+    train_loader = create_dataloader_v1(train_data, tokenizer, batch_size=batch_size, max_length=cfg["context_length"],
+                                        stride=cfg["context_length"], drop_last=True, shuffle=True, num_workers=0)
+    val_loader = create_dataloader_v1(val_data, tokenizer, batch_size=batch_size, max_length=cfg["context_length"],
+                                      stride=cfg["context_length"], drop_last=False, shuffle=False, num_workers=0)
+    device = torch.device("cpu")
+    torch.manual_seed(seed)
+    model = (model_factory or BookGPTModel)(cfg)
+    model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    return train_model_simple(model, train_loader, val_loader, optimizer, device, num_epochs=num_epochs,
+                              eval_freq=eval_freq, eval_iter=eval_iter, start_context=start_context,
+                              tokenizer=tokenizer, context_size=cfg["context_length"])
