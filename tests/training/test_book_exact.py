@@ -67,5 +67,9 @@ def test_book_ch5_reproduces_the_books_chapter5_run(tmp_path):
     assert len(val) == len(BOOK_VAL_LOSSES) == 18
     assert [round(v, 3) for v in val[:4]] == BOOK_VAL_LOSSES[:4]
     assert all(abs(v - book) <= 0.01 for v, book in zip(val, BOOK_VAL_LOSSES)), list(zip(val, BOOK_VAL_LOSSES))
-    assert history.train_loss[0] == pytest.approx(9.78, abs=0.05)  # the book: 9.781 ... 0.391
+    # The training loss at step 0 over the first eval_iter shuffled batches: 9.897 for 1 batch (measured with
+    # tests/training/book_loop.py too); the book prints 9.781 ... 0.391, the mean over 5 (--eval-iter 5),
+    # which leaves the validation losses unchanged (one validation batch, the same random draws).
+    first = {1: 9.897, 5: 9.781}[config.eval_iter]
+    assert history.train_loss[0] == pytest.approx(first, abs=0.05)
     assert history.train_loss[-1] < 1.0
