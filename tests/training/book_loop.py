@@ -92,7 +92,7 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
                        start_context, tokenizer, context_size):
     train_losses, val_losses, track_tokens_seen, step_losses, samples = [], [], [], [], []
     tokens_seen, global_step = 0, -1
-    for epoch in range(num_epochs):
+    for epoch in range(num_epochs):  # noqa: B007 (the book prints it in its evaluation line)
         model.train()
         for input_batch, target_batch in train_loader:
             optimizer.zero_grad()
