@@ -47,12 +47,15 @@ class GPTLiteConfig(PretrainedConfig):
         initializer_range: Standard deviation of GPT-2's normal initialisation.
         initializer: `"gpt2"` (normal init, residual projections scaled by 1/sqrt(2·n_layers)) or
             `"book"` (PyTorch's default init, exactly as the book's `GPTModel` draws it).
+        fast_dropout: On CPU, draw dropout masks from 16-bit random numbers, 3x faster than torch's
+            `F.dropout`; the probability is rounded to a multiple of 2^-15. False uses `F.dropout`, whose
+            random draws the book's code makes (book-exact training needs them).
         tie_word_embeddings: Share the output head with the token embedding (GPT-2 does, the book does not).
         use_cache: Whether `forward` returns a key/value cache by default.
     """
 
     model_type = "gptlite"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]
     attribute_map = {
         "hidden_size": "emb_dim",
         "num_attention_heads": "n_heads",
@@ -72,6 +75,7 @@ class GPTLiteConfig(PretrainedConfig):
     layer_norm_eps: float = 1e-5
     initializer_range: float = 0.02
     initializer: str = "gpt2"
+    fast_dropout: bool = True
     use_cache: bool = True
     tie_word_embeddings: bool = False
     bos_token_id: int | None = 50256

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gptlite import GPTLiteConfig, GPTLiteForCausalLM
-from gptlite.modeling_gptlite import linear_cross_entropy
+from gptlite.modeling_gptlite import apply_dropout, eager_attention_forward, linear_cross_entropy
 from tests.book_gpt import BookGPTModel, book_generate_simple
 from tests.reference_models import TINY, randomize_, tiny_model, to_gpt2
 
@@ -248,6 +248,78 @@ def test_linear_cross_entropy_equals_cross_entropy_and_its_gradients(num_items):
     assert abs(ours.item() - expected.item()) < 1e-6
     for got, want in zip(grads, expected_grads):
         assert (got - want).abs().max().item() < 1e-6
+
+
+@pytest.mark.parametrize("chunk_rows", [None, 16])
+def test_linear_cross_entropy_under_bf16_autocast_matches_the_bf16_logits_loss(chunk_rows):
+    hidden = torch.randn(70, 32, requires_grad=True)
+    weight = torch.randn(300, 32, requires_grad=True)
+    targets = torch.randint(0, 300, (70,))
+    targets[::7] = -100
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = hidden @ weight.T  # bf16, as transformers' autocast path computes them
+    expected = torch.nn.functional.cross_entropy(logits.float(), targets)
+    expected_grads = torch.autograd.grad(expected, (hidden, weight))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = linear_cross_entropy(hidden, weight, targets, chunk_rows=chunk_rows)
+    grads = torch.autograd.grad(ours, (hidden, weight))
+    assert ours.dtype == torch.float32
+    # bf16 probabilities: 2^-9 relative per token, far below the loss's own scale (about 5 here).
+    assert abs(ours.item() - expected.item()) < 5e-3
+    for got, want in zip(grads, expected_grads):
+        assert got.dtype == torch.float32
+        assert (got - want).abs().max().item() < 2e-2 * want.abs().max().item()
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_dropout_drops_at_rate_p_scales_exactly_and_backpropagates_its_mask(p, dtype):
+    x = torch.ones(400_001, dtype=dtype, requires_grad=True)  # odd: the last element uses half a draw
+    y = apply_dropout(x, p, training=True, fast=True)
+    kept_value = 32768 / (32768 - round(p * 32768))
+    values = set(y.detach().float().unique().tolist())
+    assert values == {0.0, torch.tensor(kept_value, dtype=dtype).item()}
+    dropped = (y == 0).float()
+    # Both halves of every 32-bit draw must drop at rate p (one of them holds the sign bit).
+    for half in (dropped[:-1:2], dropped[1::2]):
+        assert abs(half.mean().item() - p) < 5 * math.sqrt(p * (1 - p) / half.numel())
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())
+    assert apply_dropout(x, p, training=False, fast=True) is x
+    assert apply_dropout(x, 0.0, training=True, fast=True) is x
+
+
+def test_fast_dropout_off_is_torchs_dropout_draw_for_draw():
+    x = torch.randn(5, 7)
+    torch.manual_seed(3)
+    ours = apply_dropout(x, 0.3, training=True, fast=False)
+    torch.manual_seed(3)
+    assert torch.equal(ours, torch.nn.functional.dropout(x, 0.3, training=True))
+
+
+def test_eager_attention_builds_the_causal_mask_sdpa_would_skip():
+    module = torch.nn.Module().eval()
+    q, k, v = torch.randn(3, 2, 4, 6, 8).unbind(0)
+    explicit = torch.zeros(6, 6).masked_fill(torch.ones(6, 6, dtype=torch.bool).triu(1), torch.finfo(q.dtype).min)
+    boolean = torch.ones(6, 6, dtype=torch.bool).tril()
+    want, _ = eager_attention_forward(module, q, k, v, explicit, scaling=0.3)
+    for mask in (None, boolean):
+        got, _ = eager_attention_forward(module, q, k, v, mask, scaling=0.3)
+        assert torch.equal(got, want)
+    # Two new queries after four cached keys: query i sees keys up to 4 + i.
+    got, _ = eager_attention_forward(module, q[:, :, 4:], k, v, None, scaling=0.3)
+    assert torch.allclose(got, want[:, 4:], atol=1e-6)
+
+
+def test_training_with_fast_dropout_on_cpu_equals_eager_and_sdpa_when_masks_match():
+    # With attention dropout in training, gptlite's CPU path runs the explicit attention (fast masks);
+    # at rate 0 it runs SDPA. Their outputs agree once no element is dropped.
+    model = tiny_model(drop_rate=1e-9).train()
+    randomize_(model)
+    ids = torch.randint(0, TINY["vocab_size"], (2, 12))
+    dropped_path = model(ids).logits
+    model.eval()
+    assert torch.allclose(dropped_path, model(ids).logits, atol=1e-5)
 
 
 def test_return_logits_false_gives_the_same_loss_and_gradients_without_logits():

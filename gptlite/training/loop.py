@@ -138,6 +138,7 @@ def build_model(config: TrainConfig):
         config.init_from,
         dtype=torch.float32,
         drop_rate=config.drop_rate,
+        fast_dropout=config.fast_dropout,
         attn_implementation=config.attn_implementation,
     )
     if config.context_length > model.config.context_length:

@@ -40,6 +40,7 @@ _BOOK_124M = {
     "seed": 123,
     "initializer": "book",
     "attn_implementation": "eager",
+    "fast_dropout": False,  # torch's F.dropout: the book's random draws
     "batch_size": 2,
     "grad_accum": 1,
     "weight_decay": 0.1,
