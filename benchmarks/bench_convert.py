@@ -1,6 +1,6 @@
 """Time and peak memory of `from_hf` on a randomly initialised 124M GPT-2 checkpoint.
 
-    python3 benchmarks/bench_convert.py [--layout safetensors|bin] [--dtype bfloat16] [--keep DIR]
+    python -m benchmarks.bench_convert [--layout safetensors|bin] [--dtype bfloat16] [--keep DIR]
 
 The checkpoint is made in a temporary folder by one child process; a second, fresh child process does
 only the conversion and reports its wall time and peak resident set size (`ru_maxrss`, which includes

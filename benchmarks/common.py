@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import threading
 import time
@@ -12,6 +14,9 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from gptlite import GPTLiteConfig, GPTLiteForCausalLM
+from gptlite.training.throughput import training_flops_per_token
+
+__all__ = ["Measurement", "gpt124m_pair", "matmul_peak_flops", "native_bf16", "peak_memory", "training_flops_per_token"]
 
 
 def gpt124m_pair(context_length: int = 256, drop_rate: float = 0.1) -> tuple[GPTLiteForCausalLM, GPT2LMHeadModel]:
@@ -38,15 +43,47 @@ def rss_bytes() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _heap_in_use_reader():
+    """Bytes that malloc has handed out and not taken back (glibc's mallinfo2), or None elsewhere.
+
+    Unlike RSS, this falls when tensors are freed even though the process keeps the memory (see
+    keep_freed_memory), so two models measured one after the other in one process each get their own peak.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallinfo2 = libc.mallinfo2
+    except (OSError, AttributeError):
+        return None
+    mallinfo2.restype = _MallInfo2
+
+    def read() -> int:
+        info = mallinfo2()
+        return info.uordblks + info.hblkhd  # in use from the heap arenas + in use as separate mmaps
+
+    return read
+
+
+_heap_in_use = _heap_in_use_reader()
+
+
 @contextlib.contextmanager
-def peak_rss():
-    """Sample the process RSS every 2 ms; yields a dict whose 'delta' is the peak above the start."""
-    result = {"start": rss_bytes(), "peak": rss_bytes()}
+def peak_memory():
+    """Sample every 2 ms; yields a dict whose 'peak' is the most memory in use above the start, in bytes.
+
+    Memory in use is malloc's allocated bytes where glibc tells them, else the process RSS.
+    """
+    read = _heap_in_use or rss_bytes
+    result = {"start": read(), "peak": read()}
     stop = threading.Event()
 
     def sample():
         while not stop.is_set():
-            result["peak"] = max(result["peak"], rss_bytes())
+            result["peak"] = max(result["peak"], read())
             time.sleep(0.002)
 
     thread = threading.Thread(target=sample, daemon=True)
@@ -56,27 +93,26 @@ def peak_rss():
     finally:
         stop.set()
         thread.join()
-        result["delta"] = result["peak"] - result["start"]
+        result["peak"] = max(result["peak"], read()) - result["start"]
 
 
-def matmul_peak_flops(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
-    """Best sustained FLOP/s of an n×n×n matmul in `dtype` on this machine, measured now."""
-    a = torch.randn(n, n, dtype=dtype)
-    b = torch.randn(n, n, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
+def matmul_peak_flops(dtype: torch.dtype, repeats: int = 10) -> float:
+    """Best sustained FLOP/s of matrix multiplies in `dtype` on this machine, measured now.
 
-
-def training_flops_per_token(n_params_no_emb: int, n_layers: int, emb_dim: int, context: int, vocab: int) -> float:
-    """Model FLOPs per trained token (PaLM appendix B): 6·N for the weights incl. the vocabulary projection,
-    plus 12·L·d·T for attention scores and values."""
-    return 6 * (n_params_no_emb + vocab * emb_dim) + 12 * n_layers * emb_dim * context
+    The best over a square 2048 product and the 124M model's own training shapes, each timed `repeats`
+    times after warm-up: one slow run (a neighbour's burst, a cold cache) must not lower the peak.
+    """
+    shapes = [(2048, 2048, 2048), (2048, 768, 3072), (2048, 3072, 768), (2048, 768, 768)]
+    best = 0.0
+    for m, k, n in shapes:
+        a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+        for _ in range(3):
+            a @ b
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            best = max(best, 2 * m * k * n / (time.perf_counter() - start))
+    return best
 
 
 @dataclass
@@ -87,4 +123,5 @@ class Measurement:
     extra: str = ""
 
     def row(self) -> str:
-        return f"{self.name:<44} {self.tokens_per_s:>10.1f} tok/s {self.peak_mb:>9.0f} MB  {self.extra}"
+        memory = "" if self.peak_mb != self.peak_mb else f"{self.peak_mb:.0f} MB peak"  # NaN: not measured
+        return f"{self.name:<44} {self.tokens_per_s:>10.1f} tok/s {memory:>14}  {self.extra}"

@@ -17,6 +17,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -35,6 +36,7 @@ from gptlite.training.config import TrainConfig
 from gptlite.training.evaluation import evaluation_batches, mean_loss, sample_text, token_loss_sum
 from gptlite.training.monitoring import History, Progress
 from gptlite.training.schedule import build_scheduler, should_clip
+from gptlite.training.throughput import device_peak_flops, model_flops_per_token
 
 __all__ = [
     "TrainResult",
@@ -85,6 +87,9 @@ def make_accelerator(
     on_cpu = not _has_accelerator()
     if on_cpu and mixed_precision == "fp16":
         raise ValueError("--mixed-precision fp16 needs a GPU; on CPU use bf16 or no")
+    if on_cpu and mixed_precision == "bf16" and not _cpu_has_native_bf16():
+        warnings.warn("--mixed-precision bf16: this CPU has no AVX512-BF16 or AMX, so bf16 matrix multiplies are "
+                      "emulated and much slower than fp32; --mixed-precision no is faster here", stacklevel=2)
     project = None
     if output_dir is not None:
         project = ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(Path(output_dir) / "logs"))
@@ -96,6 +101,10 @@ def make_accelerator(
         project_config=project,
         step_scheduler_with_optimizer=False,
     )
+
+
+def _cpu_has_native_bf16() -> bool:
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def keep_freed_memory(device: torch.device) -> None:
@@ -231,7 +240,10 @@ def train(config: TrainConfig) -> TrainResult:
         accelerator.init_trackers("gptlite", config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
                                                      for k, v in config.to_dict().items()})
 
-    progress = Progress(accelerator, total_steps, state.global_step)
+    precision = "fp32" if config.mixed_precision in (None, "no") else config.mixed_precision
+    peak_flops, peak_source = device_peak_flops(accelerator.device, precision)
+    flops_per_token = model_flops_per_token(accelerator.unwrap_model(model), config.context_length)
+    progress = Progress(accelerator, total_steps, state.global_step, flops_per_token, peak_flops)
     if resume is not None:
         progress.write(f"Resumed from {resume} at optimizer step {state.global_step} "
                        f"(epoch {state.epoch + 1}, step {state.step_in_epoch} of the epoch)")
@@ -333,6 +345,9 @@ def train(config: TrainConfig) -> TrainResult:
     minutes, seconds = divmod(time.perf_counter() - started, 60)
     accelerator.print(f"{state.global_step} optimizer steps, {state.tokens_seen:,} tokens seen; this run took "
                       f"{int(minutes)}m{seconds:04.1f}s, training at {progress.tokens_per_second:,.0f} tokens/s")
+    if progress.mfu is not None:
+        accelerator.print(f"model FLOP utilisation {progress.mfu:.1%} per device ({flops_per_token / 1e9:.2f} GFLOP "
+                          f"per token; peak {peak_flops / 1e12:.2f} TFLOP/s, {peak_source})")
     accelerator.end_training()
     return TrainResult(out, history, state.global_step, state.tokens_seen, progress.tokens_per_second, resume)
 

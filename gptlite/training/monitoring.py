@@ -77,10 +77,18 @@ class History:
 class Progress:
     """A tqdm bar on the main process (loss, lr, tokens/s), the book's evaluation lines, and tracker logging.
 
-    tokens/s counts training time only: evaluation, sampling and checkpointing are left out.
+    tokens/s counts training time only: evaluation, sampling and checkpointing are left out. Given the
+    model's FLOPs per token and one device's peak FLOP/s, the bar also shows the model FLOP utilisation.
     """
 
-    def __init__(self, accelerator, total_steps: int, initial_step: int = 0) -> None:
+    def __init__(
+        self,
+        accelerator,
+        total_steps: int,
+        initial_step: int = 0,
+        flops_per_token: float | None = None,
+        peak_flops: float | None = None,
+    ) -> None:
         from tqdm.auto import tqdm
 
         self.accelerator = accelerator
@@ -94,6 +102,11 @@ class Progress:
         )
         self.train_seconds = 0.0
         self.train_tokens = 0
+        # After the first step, which pays for warm-up (allocations, kernel selection): the steady state.
+        self.steady_seconds = 0.0
+        self.steady_tokens = 0
+        self.steps_timed = 0
+        self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
         self._started: float | None = None
 
     def start_step(self) -> None:
@@ -102,17 +115,37 @@ class Progress:
     def end_step(self, global_step: int, loss: float, lr: float, tokens: int) -> None:
         """Account one optimizer step of ``tokens`` input tokens (all processes) and refresh the bar."""
         if self._started is not None:
-            self.train_seconds += time.perf_counter() - self._started
+            seconds = time.perf_counter() - self._started
+            self.train_seconds += seconds
+            if self.steps_timed:
+                self.steady_seconds += seconds
+                self.steady_tokens += tokens
+            self.steps_timed += 1
             self._started = None
         self.train_tokens += tokens
         self.bar.update(1)
-        self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{self.tokens_per_second:,.0f}", refresh=False)
-        self.accelerator.log({"train/step_loss": loss, "lr": lr, "tokens_per_second": self.tokens_per_second},
-                             step=global_step)
+        postfix = {"loss": f"{loss:.3f}", "lr": f"{lr:.2e}", "tok_s": f"{self.tokens_per_second:,.0f}"}
+        logged = {"train/step_loss": loss, "lr": lr, "tokens_per_second": self.tokens_per_second}
+        if self.mfu is not None:
+            postfix["mfu"] = f"{self.mfu:.0%}"
+            logged["mfu"] = self.mfu
+        self.bar.set_postfix(postfix, refresh=False)
+        self.accelerator.log(logged, step=global_step)
 
     @property
     def tokens_per_second(self) -> float:
+        """Training tokens per second over all processes, steady state once there is one."""
+        if self.steady_seconds > 0:
+            return self.steady_tokens / self.steady_seconds
         return self.train_tokens / self.train_seconds if self.train_seconds > 0 else 0.0
+
+    @property
+    def mfu(self) -> float | None:
+        """Model FLOP utilisation of each device: the model's FLOPs per second over the device's peak."""
+        if not self.flops_per_token or not self.peak_flops or not self.tokens_per_second:
+            return None
+        per_device = self.tokens_per_second / self.accelerator.num_processes
+        return per_device * self.flops_per_token / self.peak_flops
 
     def evaluation(
         self, epoch: int, step: int, tokens_seen: int, train_loss: float, val_loss: float | None
