@@ -310,8 +310,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
             loss_sum += (token_loss * valid).sum()
             # d(loss)/d(logits) = softmax - one_hot(target), zero on ignored rows.
             grad_logits[rows, safe_targets] -= 1.0
-            if not bool(valid.all()):
-                grad_logits[~valid] = 0.0
+            ignored = (~valid).nonzero().squeeze(1)
+            if len(ignored):  # zero those rows only (a boolean mask would rewrite the whole chunk)
+                grad_logits.index_fill_(0, ignored, 0.0)
             grad_logits = grad_logits.to(compute_dtype)
             grad_hidden[start : start + chunk_rows] = grad_logits @ w
             chunk_grad_weight = grad_logits.T @ h_chunk  # (v, e)
