@@ -34,3 +34,12 @@ def test_flops_per_token_count_the_head_once_tied_or_not():
     n = c.n_layers * per_block + 2 * c.emb_dim  # + final LayerNorm
     want = 6 * (n + c.vocab_size * c.emb_dim) + 12 * c.n_layers * c.emb_dim * 40
     assert model_flops_per_token(tied, 40) == model_flops_per_token(untied, 40) == want
+
+
+def test_measuring_the_peak_leaves_the_global_random_state_alone():
+    from gptlite.training.throughput import _measured_peak
+
+    _measured_peak.cache_clear()
+    state = torch.get_rng_state()
+    device_peak_flops(torch.device("cpu"), "bf16")
+    assert torch.equal(torch.get_rng_state(), state)
