@@ -7,11 +7,15 @@ written at its offset and dropped.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import math
+import mmap
 import os
 import pickle
 import struct
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -91,11 +95,16 @@ class SafetensorsSource:
 
 
 class StateDictSource:
-    """Tensors already in a mapping (a loaded, possibly memory-mapped, `torch.load` result)."""
+    """Tensors already in a mapping (a loaded, possibly memory-mapped, `torch.load` result).
 
-    def __init__(self, state_dict: Mapping[str, torch.Tensor], path: str | Path):
+    With `file_mapped`, the tensors live in a private read-only mapping of the file: `get` hands out a
+    copy and lets the kernel drop the pages it read, so a whole converted checkpoint never sits in RSS.
+    """
+
+    def __init__(self, state_dict: Mapping[str, torch.Tensor], path: str | Path, file_mapped: bool = False):
         self.path = Path(path)
         self._tensors = state_dict
+        self._file_mapped = file_mapped and _madvise is not None
 
     def names(self) -> set[str]:
         return set(self._tensors)
@@ -104,17 +113,50 @@ class StateDictSource:
         return tuple(self._tensors[name].shape)
 
     def get(self, name: str) -> torch.Tensor:
-        return self._tensors[name]
+        tensor = self._tensors[name]
+        if not self._file_mapped:
+            return tensor
+        copy = tensor.clone()
+        _drop_file_pages(tensor)
+        return copy
 
 
-def _torch_load(path: Path) -> object:
+def _libc_madvise():
+    if not sys.platform.startswith("linux"):
+        return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        madvise = libc.madvise
+    except (OSError, AttributeError):
+        return None
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return madvise
+
+
+_madvise = _libc_madvise()
+_MADV_DONTNEED = 4  # Linux
+
+
+def _drop_file_pages(tensor: torch.Tensor) -> None:
+    # Only for a private, never-written mapping of a file: the dropped pages are read from the file again if
+    # touched (on anonymous memory MADV_DONTNEED would zero them, hence the file_mapped guard).
+    storage = tensor.untyped_storage()
+    page = mmap.PAGESIZE
+    start = storage.data_ptr() // page * page
+    end = storage.data_ptr() + storage.nbytes()
+    # Pages shared with a neighbouring tensor are dropped too; they are read back from the file when needed.
+    _madvise(start, end - start, _MADV_DONTNEED)
+
+
+def _torch_load(path: Path) -> tuple[object, bool]:
+    """The loaded object and whether its tensors are memory-mapped from the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True), True
     except RuntimeError as err:
         if "mmap" not in str(err):
             raise
     # Files in torch's legacy (pre-1.6, non-zip) format cannot be memory-mapped.
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True), False
 
 
 def load_torch_file(path: str | Path, unwrap: Sequence[str] = ()) -> StateDictSource:
@@ -133,7 +175,7 @@ def load_torch_file(path: str | Path, unwrap: Sequence[str] = ()) -> StateDictSo
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        obj = _torch_load(path)
+        obj, file_mapped = _torch_load(path)
     except pickle.UnpicklingError as err:
         raise ConversionError(
             f"{path}: not loadable with torch.load(weights_only=True): it is not a PyTorch checkpoint, or "
@@ -154,7 +196,7 @@ def load_torch_file(path: str | Path, unwrap: Sequence[str] = ()) -> StateDictSo
             f"{path}: expected a state dict, but {', '.join(not_tensors[:5])} "
             f"{'is' if len(not_tensors) == 1 else 'are'} not tensors"
         )
-    return StateDictSource(obj, path)
+    return StateDictSource(obj, path, file_mapped)
 
 
 def write_safetensors(
