@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers.modeling_utils
 import transformers.utils.hub
 import yaml
 from huggingface_hub import CommitInfo, HfApi, RepoUrl
@@ -113,9 +114,11 @@ def hub(monkeypatch):
         monkeypatch.setattr(HfApi, unexpected, lambda *a, _name=unexpected, **kw: pytest.fail(f"unexpected {_name}"))
     # Transformers releases that call huggingface_hub's module-level functions (methods bound to a default HfApi at
     # import) bypass the class patches above: patch those names too where they exist.
-    for name in ("create_repo", "create_commit"):
-        if hasattr(transformers.utils.hub, name):
-            monkeypatch.setattr(transformers.utils.hub, name, getattr(fake, name))
+    # (transformers 5.4's save_pretrained imports create_repo straight into modeling_utils.)
+    for module in (transformers.utils.hub, transformers.modeling_utils):
+        for name in ("create_repo", "create_commit"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, getattr(fake, name))
     monkeypatch.setattr("huggingface_hub.repocard.hf_hub_download", fake.hf_hub_download)
     return fake
 
@@ -178,7 +181,8 @@ def test_save_pretrained_with_push_to_hub_completes_and_uploads_the_folder(hub, 
     (run / "history.json").write_text(json.dumps(BOOK_HISTORY))
     model = tiny_model()
 
-    model.save_pretrained(run, push_to_hub=True, repo_id=REPO_ID)
+    # A str: transformers 5.4's push_to_hub branch calls save_directory.split (a Path fails there, fixed later).
+    model.save_pretrained(str(run), push_to_hub=True, repo_id=REPO_ID)
 
     # The folder itself is what gets uploaded (files written by this save), so the card and tokenizer stay in it.
     assert set(hub.files) == MODEL_FILES | TOKENIZER_FILES | {"README.md"}
