@@ -301,7 +301,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if compute_dtype == torch.bfloat16:
                 grad_logits = torch.softmax(logits, dim=-1)  # (c, v) bf16 probabilities
                 del logits
-                token_loss = -grad_logits[rows, safe_targets].float().log()
+                # A probability that underflowed to 0 would give an infinite loss: cap it at -log(fp32 tiny), 87.3.
+                target_probs = grad_logits[rows, safe_targets].float().clamp_min(torch.finfo(torch.float32).tiny)
+                token_loss = -target_probs.log()
             else:
                 logits = logits.float()
                 lse = torch.logsumexp(logits, dim=-1)  # (c,)

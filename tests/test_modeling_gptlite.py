@@ -271,6 +271,14 @@ def test_linear_cross_entropy_under_bf16_autocast_matches_the_bf16_logits_loss(c
         assert (got - want).abs().max().item() < 2e-2 * want.abs().max().item()
 
 
+def test_linear_cross_entropy_in_bf16_caps_an_underflowed_probability_instead_of_returning_inf():
+    hidden = torch.ones(1, 2)
+    weight = torch.tensor([[0.0, 0.0], [100.0, 100.0]])  # logits (0, 200): the target's probability is e^-200
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = linear_cross_entropy(hidden, weight, torch.tensor([0]))
+    assert loss.item() == pytest.approx(-math.log(torch.finfo(torch.float32).tiny))
+
+
 @pytest.mark.parametrize("p", [0.1, 0.5])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fast_dropout_drops_at_rate_p_scales_exactly_and_backpropagates_its_mask(p, dtype):
