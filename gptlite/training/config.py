@@ -138,6 +138,8 @@ class TrainConfig:
     """Seeds the model's initialisation, dropout and the order of the training windows."""
     mixed_precision: str | None = None
     """no, bf16 or fp16 autocast (default: what `accelerate launch` was given, else no)."""
+    tf32: bool = True
+    """On CUDA, let fp32 matrix multiplies use TF32 tensor cores (Ampere and newer); no effect on CPU."""
     book_exact: bool = False
     """Run the book's chapter-5 loop draw for draw (one process; global-RNG shuffling; no checkpoints)."""
 

@@ -46,6 +46,7 @@ __all__ = [
     "make_accelerator",
     "seed_everything",
     "train",
+    "use_tf32",
 ]
 
 
@@ -128,6 +129,12 @@ def keep_freed_memory(device: torch.device) -> None:
         pass
 
 
+def use_tf32(device: torch.device, enabled: bool = True) -> None:
+    """On CUDA, let fp32 matmuls run on TF32 tensor cores (a process-wide setting); CPU matmuls stay exact."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high" if enabled else "highest")
+
+
 def seed_everything(seed: int) -> None:
     """The run's only global seeding: Python's, NumPy's and torch's generators (model init, dropout)."""
     from accelerate.utils import set_seed
@@ -207,6 +214,7 @@ def train(config: TrainConfig) -> TrainResult:
         raise ValueError(f"--start-context {config.start_context!r} leaves no room in --context-length")
 
     keep_freed_memory(accelerator.device)
+    use_tf32(accelerator.device, config.tf32)
     seed_everything(config.seed)
     model = build_model(config).to(accelerator.device)
     with accelerator.main_process_first():  # the main process tokenizes and caches, the others then read

@@ -205,3 +205,18 @@ def test_tensorboard_gets_the_metrics(tmp_path, corpus):
     accumulator.Reload()
     assert {"train/loss", "val/loss", "val/perplexity", "lr", "tokens_per_second"} <= set(accumulator.Tags()["scalars"])
     assert [e.step for e in accumulator.Scalars("lr")] == [1, 2]
+
+
+def test_tf32_is_switched_on_for_cuda_only():
+    from gptlite.training.loop import use_tf32
+
+    before = torch.get_float32_matmul_precision()
+    try:
+        use_tf32(torch.device("cpu"), True)
+        assert torch.get_float32_matmul_precision() == before  # CPU matmuls keep full fp32
+        use_tf32(torch.device("cuda"), True)  # a device object only: no GPU is needed to name one
+        assert torch.get_float32_matmul_precision() == "high"
+        use_tf32(torch.device("cuda"), False)
+        assert torch.get_float32_matmul_precision() == "highest"
+    finally:
+        torch.set_float32_matmul_precision(before)
