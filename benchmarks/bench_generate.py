@@ -14,9 +14,10 @@ import time
 
 import torch
 
-from benchmarks.common import Measurement, gpt124m_pair, native_bf16, peak_memory
+from benchmarks.common import Measurement, gpt124m_pair, peak_memory
 from gptlite.conversion.common import gpt2_tensors_to_gptlite
 from gptlite.training.loop import keep_freed_memory
+from gptlite.training.throughput import cpu_has_native_bf16
 
 
 def measure(name: str, model, prompts: torch.Tensor, new_tokens: int) -> Measurement:
@@ -50,7 +51,7 @@ def main() -> None:
     theirs_sd = theirs.state_dict()
     converted = dict(gpt2_tensors_to_gptlite(ours.config, lambda name: theirs_sd[name]))
     ours.load_state_dict(converted, strict=False)
-    dtypes = [torch.float32] + ([torch.bfloat16] if native_bf16() else [])
+    dtypes = [torch.float32] + ([torch.bfloat16] if cpu_has_native_bf16() else [])
     for dtype in dtypes:
         ours.to(dtype)
         theirs.to(dtype)

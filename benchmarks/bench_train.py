@@ -18,17 +18,17 @@ import time
 
 import torch
 
-from benchmarks.common import (
-    Measurement,
-    gpt124m_pair,
-    matmul_peak_flops,
-    native_bf16,
-    peak_memory,
-    training_flops_per_token,
-)
+from benchmarks.common import Measurement, gpt124m_pair, peak_memory
 from gptlite.training.loop import keep_freed_memory
+from gptlite.training.throughput import cpu_has_native_bf16, measure_matmul_peak, model_flops_per_token
 
 THEIRS = "transformers GPT2LMHeadModel"
+# A square product and the 124M model's own training shapes: the peak is the best of them.
+PEAK_SHAPES = ((2048, 2048, 2048), (2048, 768, 3072), (2048, 3072, 768), (2048, 768, 768))
+
+
+def matmul_peak_flops(dtype: torch.dtype) -> float:
+    return measure_matmul_peak("cpu", dtype, PEAK_SHAPES, repeats=10, warmup=3)
 
 
 def make_step(model, precision: str, fused_loss: bool):
@@ -96,19 +96,18 @@ def main() -> None:
     torch.manual_seed(0)
     keep_freed_memory(torch.device("cpu"))  # process-wide, so it helps both sides alike
 
-    precisions = ["fp32", "bf16"] if native_bf16() else ["fp32"]
-    peak_dtype = torch.bfloat16 if native_bf16() else torch.float32
+    precisions = ["fp32", "bf16"] if cpu_has_native_bf16() else ["fp32"]
+    peak_dtype = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     peak = matmul_peak_flops(peak_dtype)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
         f"{torch.backends.cpu.get_cpu_capability()}; {str(peak_dtype)[6:]} matmul peak {peak / 1e12:.3f} TFLOP/s"
     )
-    if not native_bf16():
+    if not cpu_has_native_bf16():
         print("no native bf16 on this CPU (no AVX512-BF16/AMX): bf16 is emulated and skipped; MFU is against fp32")
     ours, theirs = gpt124m_pair(args.context_length)
     cfg = ours.config
-    n_no_emb = sum(p.numel() for p in ours.parameters()) - ours.tok_emb.weight.numel() - ours.pos_emb.weight.numel()
-    flops_per_token = training_flops_per_token(n_no_emb, cfg.n_layers, cfg.emb_dim, cfg.context_length, cfg.vocab_size)
+    flops_per_token = model_flops_per_token(ours, args.context_length)
 
     measured: list[Measurement] = []
 

@@ -1,4 +1,4 @@
-"""Shared helpers for the side-by-side benchmarks: identical models, timers, peak memory, matmul peak."""
+"""Shared helpers for the side-by-side benchmarks: identical models, timers, peak memory."""
 
 from __future__ import annotations
 
@@ -10,13 +10,11 @@ import threading
 import time
 from dataclasses import dataclass
 
-import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from gptlite import GPTLiteConfig, GPTLiteForCausalLM
-from gptlite.training.throughput import training_flops_per_token
 
-__all__ = ["Measurement", "gpt124m_pair", "matmul_peak_flops", "native_bf16", "peak_memory", "training_flops_per_token"]
+__all__ = ["Measurement", "gpt124m_pair", "peak_memory"]
 
 
 def gpt124m_pair(context_length: int = 256, drop_rate: float = 0.1) -> tuple[GPTLiteForCausalLM, GPT2LMHeadModel]:
@@ -31,11 +29,6 @@ def gpt124m_pair(context_length: int = 256, drop_rate: float = 0.1) -> tuple[GPT
     )
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
     return ours, theirs
-
-
-def native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX); elsewhere bf16 is emulated, ~100x slower."""
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def rss_bytes() -> int:
@@ -94,26 +87,6 @@ def peak_memory():
         stop.set()
         thread.join()
         result["peak"] = max(result["peak"], read()) - result["start"]
-
-
-def matmul_peak_flops(dtype: torch.dtype, repeats: int = 10) -> float:
-    """Best sustained FLOP/s of matrix multiplies in `dtype` on this machine, measured now.
-
-    The best over a square 2048 product and the 124M model's own training shapes, each timed `repeats`
-    times after warm-up: one slow run (a neighbour's burst, a cold cache) must not lower the peak.
-    """
-    shapes = [(2048, 2048, 2048), (2048, 768, 3072), (2048, 3072, 768), (2048, 768, 768)]
-    best = 0.0
-    for m, k, n in shapes:
-        generator = torch.Generator().manual_seed(0)  # leaves the global generator to the models
-        a, b = torch.randn(m, k, dtype=dtype, generator=generator), torch.randn(k, n, dtype=dtype, generator=generator)
-        for _ in range(3):
-            a @ b
-        for _ in range(repeats):
-            start = time.perf_counter()
-            a @ b
-            best = max(best, 2 * m * k * n / (time.perf_counter() - start))
-    return best
 
 
 @dataclass

@@ -36,7 +36,7 @@ from gptlite.training.config import TrainConfig
 from gptlite.training.evaluation import evaluation_batches, mean_loss, sample_text, token_loss_sum
 from gptlite.training.monitoring import History, Progress
 from gptlite.training.schedule import build_scheduler, should_clip
-from gptlite.training.throughput import device_peak_flops, model_flops_per_token
+from gptlite.training.throughput import cpu_has_native_bf16, device_peak_flops, model_flops_per_token
 
 __all__ = [
     "TrainResult",
@@ -88,7 +88,7 @@ def make_accelerator(
     on_cpu = not _has_accelerator()
     if on_cpu and mixed_precision == "fp16":
         raise ValueError("--mixed-precision fp16 needs a GPU; on CPU use bf16 or no")
-    if on_cpu and mixed_precision == "bf16" and not _cpu_has_native_bf16():
+    if on_cpu and mixed_precision == "bf16" and not cpu_has_native_bf16():
         warnings.warn("--mixed-precision bf16: this CPU has no AVX512-BF16 or AMX, so bf16 matrix multiplies are "
                       "emulated and much slower than fp32; --mixed-precision no is faster here", stacklevel=2)
     project = None
@@ -102,10 +102,6 @@ def make_accelerator(
         project_config=project,
         step_scheduler_with_optimizer=False,
     )
-
-
-def _cpu_has_native_bf16() -> bool:
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def keep_freed_memory(device: torch.device) -> None:

@@ -11,7 +11,14 @@ import time
 
 import torch
 
-__all__ = ["DATASHEET_PEAKS", "device_peak_flops", "model_flops_per_token", "training_flops_per_token"]
+__all__ = [
+    "DATASHEET_PEAKS",
+    "cpu_has_native_bf16",
+    "device_peak_flops",
+    "measure_matmul_peak",
+    "model_flops_per_token",
+    "training_flops_per_token",
+]
 
 # Dense (no sparsity) tensor-core peaks in FLOP/s from NVIDIA's datasheets: bf16/fp16, and tf32 for fp32 work.
 DATASHEET_PEAKS: dict[str, dict[str, float]] = {
@@ -57,23 +64,41 @@ def _datasheet_peak(name: str, precision: str) -> float | None:
     return None
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX); elsewhere bf16 is emulated, ~100x slower."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def measure_matmul_peak(
+    device_type: str,
+    dtype: torch.dtype,
+    shapes: tuple[tuple[int, int, int], ...] = ((2048, 2048, 2048),),
+    repeats: int = 5,
+    warmup: int = 2,
+) -> float:
+    """Best FLOP/s of `(m, k) @ (k, n)` products over `shapes`, each timed `repeats` times after `warmup` runs
+    (kernel selection, page faults): one slow run (a neighbour's burst, a cold cache) does not lower it."""
+    best = 0.0
+    for m, k, n in shapes:
+        # A private generator: drawing from the global one would change a training run's dropout masks.
+        generator = torch.Generator(device=device_type).manual_seed(0)
+        a = torch.randn(m, k, dtype=dtype, device=device_type, generator=generator)
+        b = torch.randn(k, n, dtype=dtype, device=device_type, generator=generator)
+        for i in range(warmup + repeats):
+            if device_type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            a @ b
+            if device_type == "cuda":
+                torch.cuda.synchronize()
+            if i >= warmup:
+                best = max(best, 2 * m * k * n / (time.perf_counter() - start))
+    return best
+
+
 @functools.cache
-def _measured_peak(device_type: str, dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
-    # A private generator: drawing from the global one would change the run's dropout masks.
-    generator = torch.Generator(device=device_type).manual_seed(0)
-    a = torch.randn(size, size, dtype=dtype, device=device_type, generator=generator)
-    b = torch.randn(size, size, dtype=dtype, device=device_type, generator=generator)
-    best = float("inf")
-    for i in range(repeats + 2):  # the first two warm up (kernel selection, page faults)
-        if device_type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        a @ b
-        if device_type == "cuda":
-            torch.cuda.synchronize()
-        if i >= 2:
-            best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
+def _measured_peak(device_type: str, dtype: torch.dtype) -> float:
+    return measure_matmul_peak(device_type, dtype)
 
 
 def device_peak_flops(device: torch.device, precision: str) -> tuple[float, str]:
