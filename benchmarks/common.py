@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import os
 import threading
 import time
@@ -13,6 +12,7 @@ from dataclasses import dataclass
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from gptlite import GPTLiteConfig, GPTLiteForCausalLM
+from gptlite._libc import libc
 
 __all__ = ["Measurement", "gpt124m_pair", "peak_memory"]
 
@@ -47,10 +47,8 @@ def _heap_in_use_reader():
     Unlike RSS, this falls when tensors are freed even though the process keeps the memory (see
     keep_freed_memory), so two models measured one after the other in one process each get their own peak.
     """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallinfo2 = libc.mallinfo2
-    except (OSError, AttributeError):
+    mallinfo2 = getattr(libc(), "mallinfo2", None)
+    if mallinfo2 is None:
         return None
     mallinfo2.restype = _MallInfo2
 

@@ -8,20 +8,20 @@ written at its offset and dropped.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import json
 import math
 import mmap
 import os
 import pickle
 import struct
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
 import torch
 from safetensors import SafetensorError, safe_open
+
+from gptlite._libc import libc
 
 __all__ = [
     "ConversionError",
@@ -122,14 +122,9 @@ class StateDictSource:
 
 
 def _libc_madvise():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        madvise = libc.madvise
-    except (OSError, AttributeError):
-        return None
-    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    madvise = getattr(libc(), "madvise", None)
+    if madvise is not None:
+        madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     return madvise
 
 

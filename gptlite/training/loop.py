@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import IterableDataset
 
+from gptlite._libc import libc
 from gptlite.training.checkpointing import (
     TrainerState,
     load_trainer_state,
@@ -111,18 +111,12 @@ def keep_freed_memory(device: torch.device) -> None:
     large with ``mmap`` and unmaps them on free, so each step page-faults them in again: a third of the
     CPU time went to the kernel, and keeping the memory made steps about 1.5x faster on two cores.
     """
-    if device.type != "cpu" or not sys.platform.startswith("linux"):
+    mallopt = getattr(libc(), "mallopt", None) if device.type == "cpu" else None
+    if mallopt is None:  # not Linux with glibc (e.g. musl): nothing to tune
         return
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-        libc.mallopt(m_mmap_threshold, 1 << 30)
-        libc.mallopt(m_trim_threshold, (1 << 31) - 1)
-    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
-        pass
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    mallopt(m_mmap_threshold, 1 << 30)
+    mallopt(m_trim_threshold, (1 << 31) - 1)
 
 
 def use_tf32(device: torch.device, enabled: bool = True) -> None:
