@@ -231,12 +231,18 @@ def test_cached_greedy_generation_equals_the_books_generate_text_simple():
     assert torch.equal(cached, book)
 
 
+def _cross_entropy_inputs(width: int, vocab: int, ignore_every: int):
+    """70 rows of hidden states, a (vocab, width) head and targets with every `ignore_every`-th one ignored."""
+    hidden = torch.randn(70, width, requires_grad=True)
+    weight = torch.randn(vocab, width, requires_grad=True)
+    targets = torch.randint(0, vocab, (70,))
+    targets[::ignore_every] = -100
+    return hidden, weight, targets
+
+
 @pytest.mark.parametrize("num_items", [None, 50])
 def test_linear_cross_entropy_equals_cross_entropy_and_its_gradients(num_items):
-    hidden = torch.randn(70, 16, requires_grad=True)
-    weight = torch.randn(90, 16, requires_grad=True)
-    targets = torch.randint(0, 90, (70,))
-    targets[::5] = -100
+    hidden, weight, targets = _cross_entropy_inputs(width=16, vocab=90, ignore_every=5)
     logits = hidden @ weight.T
     if num_items is None:
         expected = torch.nn.functional.cross_entropy(logits, targets)
@@ -252,10 +258,7 @@ def test_linear_cross_entropy_equals_cross_entropy_and_its_gradients(num_items):
 
 @pytest.mark.parametrize("chunk_rows", [None, 16])
 def test_linear_cross_entropy_under_bf16_autocast_matches_the_bf16_logits_loss(chunk_rows):
-    hidden = torch.randn(70, 32, requires_grad=True)
-    weight = torch.randn(300, 32, requires_grad=True)
-    targets = torch.randint(0, 300, (70,))
-    targets[::7] = -100
+    hidden, weight, targets = _cross_entropy_inputs(width=32, vocab=300, ignore_every=7)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = hidden @ weight.T  # bf16, as transformers' autocast path computes them
     expected = torch.nn.functional.cross_entropy(logits.float(), targets)
