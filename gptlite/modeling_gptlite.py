@@ -69,24 +69,33 @@ class FeedForward(nn.Module):
         return self.layers(x)
 
 
-class _MaskedDropout(torch.autograd.Function):
-    """Dropout whose keep-mask comes from 15-bit integers, two per 32-bit random draw.
+def _keep_mask(shape: torch.Size, p: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """1 where an element is kept, 0 where dropped (with probability p rounded to a multiple of 2^-15), in `dtype`.
 
-    torch's CPU dropout draws a Bernoulli variate per element, about 7 ns each on two cores: a fifth of a
-    124M training step. One 32-bit draw per two elements, compared as integers, is three times faster.
-    The probability is rounded to a multiple of 2^-15 (0.1 becomes 0.100006) and kept values are scaled
-    by the exact inverse of the resulting keep probability, so the output stays unbiased.
+    torch's CPU dropout draws a Bernoulli variate per element, about 7 ns each on two cores: a fifth of a 124M
+    training step. Here one 32-bit draw serves two elements, 15 random bits each, compared as integers.
     """
+    dropped = round(p * 32768)  # of 32768 equally likely values, this many drop the element
+    n = math.prod(shape)
+    # random_() fills int32 with 31 random bits; each 16-bit half keeps 15 of them.
+    bits = torch.empty((n + 1) // 2, dtype=torch.int32, device=device).random_()
+    uniform15 = bits.view(torch.int16).bitwise_and_(0x7FFF)[:n].view(shape)
+    # The comparison writes straight into `dtype`: converting a bool tensor afterwards costs 4x more on CPU.
+    return torch.ge(uniform15, dropped, out=torch.empty(shape, dtype=dtype, device=device))
+
+
+def _keep_scale(p: float) -> float:
+    """1 / the keep probability that _keep_mask really uses: kept values are scaled by it to stay unbiased."""
+    dropped = round(p * 32768)
+    return 32768 / (32768 - dropped)
+
+
+class _MaskedDropout(torch.autograd.Function):
+    """Dropout with _keep_mask's masks (0.1 becomes 0.100006): one multiply each way by the scaled mask."""
 
     @staticmethod
     def forward(ctx, x, p):
-        dropped = round(p * 32768)  # of 32768 equally likely values, this many drop the element
-        n = x.numel()
-        # random_() fills int32 with 31 random bits; each 16-bit half keeps 15 of them.
-        bits = torch.empty((n + 1) // 2, dtype=torch.int32, device=x.device).random_()
-        uniform15 = bits.view(torch.int16).bitwise_and_(0x7FFF)[:n].view(x.shape)
-        # The mask holds 0 or the scale in x's dtype: multiplying by it is one cheap pass each way.
-        mask = (uniform15 >= dropped).to(x.dtype).mul_(32768 / (32768 - dropped))
+        mask = _keep_mask(x.shape, p, x.dtype, x.device).mul_(_keep_scale(p))  # 0 or the scale
         ctx.save_for_backward(mask)
         return x * mask
 
@@ -97,7 +106,7 @@ class _MaskedDropout(torch.autograd.Function):
 
 
 def apply_dropout(x: torch.Tensor, p: float, training: bool, fast: bool = False) -> torch.Tensor:
-    """`F.dropout`, or with `fast` on CPU the same in distribution with 3x cheaper random draws (see _MaskedDropout)."""
+    """`F.dropout`, or with `fast` on CPU the same in distribution with 3x cheaper random draws (see _keep_mask)."""
     if not training or p == 0.0:
         return x
     if fast and x.device.type == "cpu" and 0.0 < p < 1.0:
@@ -116,22 +125,29 @@ class Dropout(nn.Dropout):
         return apply_dropout(x, self.p, self.training, self.fast)
 
 
-def _additive_mask(attention_mask: torch.Tensor | None, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor | None:
-    """The additive mask eager attention needs, from any mask gptlite's forward builds.
+def _allowed_positions(
+    attention_mask: torch.Tensor | None, query: torch.Tensor, key: torch.Tensor
+) -> torch.Tensor | None:
+    """Which keys each query may attend to (True = attend), from a mask built for SDPA; None: all of them.
 
-    Built for SDPA, the mask is None when plain causality suffices (SDPA's is_causal) or boolean (True =
-    attend); eager attention adds a float mask instead.
+    Built for SDPA, the mask is None when plain causality suffices (SDPA's is_causal) or boolean.
     """
     q_len, k_len = query.shape[-2], key.shape[-2]
-    if attention_mask is None:
-        if q_len == 1:
-            return None
-        # Query i sits at key position i + (k_len - q_len): it sees keys up to there.
-        allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril(k_len - q_len)
-    elif attention_mask.dtype == torch.bool:
-        allowed = attention_mask
-    else:
+    if attention_mask is not None:
         return attention_mask
+    if q_len == 1:
+        return None
+    # Query i sits at key position i + (k_len - q_len): it sees keys up to there.
+    return torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril(k_len - q_len)
+
+
+def _additive_mask(attention_mask: torch.Tensor | None, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor | None:
+    """The additive mask eager attention needs (0 = attend, the dtype's minimum = not), from any mask forward builds."""
+    if attention_mask is not None and attention_mask.dtype != torch.bool:
+        return attention_mask  # already additive
+    allowed = _allowed_positions(attention_mask, query, key)
+    if allowed is None:
+        return None
     return torch.zeros(allowed.shape, dtype=query.dtype, device=query.device).masked_fill(
         ~allowed, torch.finfo(query.dtype).min
     )
@@ -163,6 +179,44 @@ def eager_attention_forward(
     attn_weights = apply_dropout(attn_weights, dropout, module.training, fast)
     context = torch.matmul(attn_weights, value)  # (b, h, q, d)
     return context.transpose(1, 2).contiguous(), attn_weights  # (b, q, h, d)
+
+
+def fast_dropout_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    output_attentions: bool = False,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The book's attention for CPU training with `fast_dropout`: the same maths in fewer passes over the weights.
+
+    The (b, h, q, k) weights are the biggest tensors of a step, so both scalings move to tensors 4x smaller
+    (at q = k = 4 * head_dim): 1/sqrt(d) onto the queries (exact for d = 64, a power of two) and dropout's
+    1/keep onto the context. The mask is added in place, and dropout multiplies by a 0/1 mask from
+    _keep_mask. The weights are returned (dropped and scaled) only for `output_attentions`.
+    """
+    # query: (b, h, q, d); key/value: (b, h, k, d)
+    attn_scores = torch.matmul(query * scaling, key.transpose(2, 3))  # (b, h, q, k)
+    attention_mask = _additive_mask(attention_mask, query, key)
+    if attention_mask is not None:
+        attn_scores.add_(attention_mask)  # the product is not needed for its backward: in place is safe
+    if attn_scores.dtype == torch.bfloat16:
+        attn_weights = torch.softmax(attn_scores, dim=-1)
+    else:
+        attn_weights = torch.softmax(attn_scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    scale = 1.0
+    if module.training and dropout > 0.0:
+        attn_weights = attn_weights * _keep_mask(attn_weights.shape, dropout, attn_weights.dtype, attn_weights.device)
+        scale = _keep_scale(dropout)
+    context = torch.matmul(attn_weights, value)  # (b, h, q, d)
+    if scale != 1.0:
+        context.mul_(scale)
+    returned = (attn_weights * scale if scale != 1.0 else attn_weights) if output_attentions else None
+    return context.transpose(1, 2).contiguous(), returned  # (b, q, h, d)
 
 
 class MultiHeadAttention(nn.Module):
@@ -209,7 +263,7 @@ class MultiHeadAttention(nn.Module):
         if self.training and self.attention_dropout > 0 and self.config.fast_dropout and query.device.type == "cpu":
             # With attention dropout, CPU SDPA falls back to its unfused maths anyway, drawing its mask
             # the slow way; the explicit path is the same work with fast masks.
-            attention_interface = eager_attention_forward
+            attention_interface = fast_dropout_attention_forward
         context, attn_weights = attention_interface(
             self,
             query,
@@ -563,7 +617,11 @@ class GPTLiteForCausalLM(GPTLitePreTrainedModel, GenerationMixin):
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             hidden_states, attn_weights = block(
-                hidden_states, attention_mask=mask, past_key_values=past_key_values, **kwargs
+                hidden_states,
+                attention_mask=mask,
+                past_key_values=past_key_values,
+                output_attentions=output_attentions,
+                **kwargs,
             )
             if output_attentions:
                 all_attentions += (attn_weights,)

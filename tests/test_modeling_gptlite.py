@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from gptlite import GPTLiteConfig, GPTLiteForCausalLM
-from gptlite.modeling_gptlite import apply_dropout, eager_attention_forward, linear_cross_entropy
+from gptlite.modeling_gptlite import (
+    _keep_mask,
+    apply_dropout,
+    eager_attention_forward,
+    fast_dropout_attention_forward,
+    linear_cross_entropy,
+)
 from tests.book_gpt import BookGPTModel, book_generate_simple
 from tests.reference_models import TINY, randomize_, tiny_model, to_gpt2
 
@@ -320,6 +326,33 @@ def test_eager_attention_builds_the_causal_mask_sdpa_would_skip():
     # Two new queries after four cached keys: query i sees keys up to 4 + i.
     got, _ = eager_attention_forward(module, q[:, :, 4:], k, v, None, scaling=0.3)
     assert torch.allclose(got, want[:, 4:], atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_dropout_attention_is_the_books_attention_with_its_mask(dtype):
+    module = torch.nn.Module().train()
+    q, k, v = (torch.randn(2, 3, 10, 8, dtype=dtype, requires_grad=True) for _ in range(3))
+    p = 0.3
+    torch.manual_seed(5)
+    got, weights = fast_dropout_attention_forward(module, q, k, v, None, scaling=0.125, dropout=p,
+                                                  output_attentions=True)
+    torch.manual_seed(5)
+    keep = _keep_mask((2, 3, 10, 10), p, dtype, q.device)
+    assert 0 < (keep == 0).sum() < keep.numel()  # some dropped, some kept
+    # The book: scores, causal mask, softmax, dropout (kept weights scaled by 1/keep), weighted values.
+    scores = (q @ k.transpose(2, 3)).float() * 0.125
+    scores = scores.masked_fill(torch.ones(10, 10, dtype=torch.bool).triu(1), float("-inf"))
+    want_weights = torch.softmax(scores, -1) * keep.float() * (32768 / (32768 - round(p * 32768)))
+    want = (want_weights @ v.float()).transpose(1, 2)
+    tolerance = 1e-5 if dtype == torch.float32 else 3e-2
+    assert torch.allclose(weights.float(), want_weights, atol=tolerance)
+    assert torch.allclose(got.float(), want, atol=tolerance)
+    grads = torch.autograd.grad(got.float().sum(), (q, k, v))
+    want_grads = torch.autograd.grad(want.sum(), (q, k, v))
+    for ours, theirs in zip(grads, want_grads):
+        assert torch.allclose(ours.float(), theirs.float(), atol=tolerance * 4)
+    # Without output_attentions the weights are not kept for the caller.
+    assert fast_dropout_attention_forward(module, q, k, v, None, scaling=0.125, dropout=p)[1] is None
 
 
 def test_training_with_fast_dropout_on_cpu_equals_eager_and_sdpa_when_masks_match():
