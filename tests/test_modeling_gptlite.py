@@ -291,15 +291,16 @@ def test_linear_cross_entropy_in_bf16_caps_an_underflowed_probability_instead_of
 @pytest.mark.parametrize("p", [0.1, 0.5])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fast_dropout_drops_at_rate_p_scales_exactly_and_backpropagates_its_mask(p, dtype):
-    x = torch.ones(400_001, dtype=dtype, requires_grad=True)  # odd: the last element uses half a draw
+    x = torch.ones(400_001, dtype=dtype, requires_grad=True)  # not a multiple of 4: the last draw is part-used
     y = apply_dropout(x, p, training=True, fast=True)
     kept_value = 32768 / (32768 - round(p * 32768))
     values = set(y.detach().float().unique().tolist())
     assert values == {0.0, torch.tensor(kept_value, dtype=dtype).item()}
     dropped = (y == 0).float()
-    # Both halves of every 32-bit draw must drop at rate p (one of them holds the sign bit).
-    for half in (dropped[:-1:2], dropped[1::2]):
-        assert abs(half.mean().item() - p) < 5 * math.sqrt(p * (1 - p) / half.numel())
+    # All four 16-bit quarters of every 64-bit draw must drop at rate p (one of them holds the sign bit).
+    for quarter in range(4):
+        lane = dropped[quarter::4]
+        assert abs(lane.mean().item() - p) < 5 * math.sqrt(p * (1 - p) / lane.numel())
     y.sum().backward()
     assert torch.equal(x.grad, y.detach())
     assert apply_dropout(x, p, training=False, fast=True) is x
