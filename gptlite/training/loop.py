@@ -32,6 +32,7 @@ from gptlite.training.checkpointing import (
     resolve_resume,
     save_checkpoint,
 )
+from gptlite.training.clipping import clip_grad_norm
 from gptlite.training.config import TrainConfig
 from gptlite.training.evaluation import evaluation_batches, mean_loss, sample_text, token_loss_sum
 from gptlite.training.monitoring import History, Progress
@@ -287,7 +288,7 @@ def train(config: TrainConfig) -> TrainResult:
                 if accelerator.sync_gradients:
                     if config.grad_clip is not None and should_clip(state.global_step, schedule.warmup_steps,
                                                                     config.clip_mode):
-                        accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
+                        clip_grad_norm(accelerator, model.parameters(), config.grad_clip)
                     optimizer.step()
                     if not accelerator.optimizer_step_was_skipped:
                         scheduler.step()
