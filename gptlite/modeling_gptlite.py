@@ -203,8 +203,12 @@ def fast_dropout_attention_forward(
     # query: (b, h, q, d); key/value: (b, h, k, d)
     attn_scores = torch.matmul(query * scaling, key.transpose(2, 3))  # (b, h, q, k)
     attention_mask = _additive_mask(attention_mask, query, key)
-    if attention_mask is not None:
+    if attention_mask is not None and attention_mask.dtype == attn_scores.dtype:
         attn_scores.add_(attention_mask)  # the product is not needed for its backward: in place is safe
+    elif attention_mask is not None:
+        # An fp32 mask (built for eager attention) on bf16 scores: in fp32, as eager attention does, since
+        # fp32's minimum would round to -inf in bf16 and turn a fully masked (padding) row into NaN.
+        attn_scores = attn_scores + attention_mask
     if attn_scores.dtype == torch.bfloat16:
         attn_weights = torch.softmax(attn_scores, dim=-1)
     else:

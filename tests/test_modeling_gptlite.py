@@ -356,6 +356,21 @@ def test_fast_dropout_attention_is_the_books_attention_with_its_mask(dtype):
     assert fast_dropout_attention_forward(module, q, k, v, None, scaling=0.125, dropout=p)[1] is None
 
 
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_bf16_training_on_a_left_padded_batch_stays_finite(implementation):
+    # The eager masks are fp32: their minimum would be -inf in bf16, and a fully masked row NaN.
+    model = tiny_model(drop_rate=0.1).train()
+    model.set_attn_implementation(implementation)
+    ids = torch.randint(0, TINY["vocab_size"], (2, 10))
+    mask = torch.ones(2, 10, dtype=torch.long)
+    mask[0, :4] = 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100))
+    assert torch.isfinite(out.logits).all()
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
 def test_training_with_fast_dropout_on_cpu_equals_eager_and_sdpa_when_masks_match():
     # With attention dropout in training, gptlite's CPU path runs the explicit attention (fast masks);
     # at rate 0 it runs SDPA. Their outputs agree once no element is dropped.
