@@ -1,12 +1,16 @@
 """Training throughput: gptlite against transformers' GPT2LMHeadModel, same shape, same batches, one process.
 
-    python -m benchmarks.bench_train [--batch-sizes 2 8] [--steps 4] [--no-end-to-end]
+    python -m benchmarks.bench_train [--batch-sizes 2 8] [--rounds 4] [--no-end-to-end]
 
 Each side runs forward (labels= loss), backward, gradient clipping and a fused AdamW step at the book's
 124M setting (context 256, dropout 0.1), in fp32 and, where the CPU multiplies bf16 natively, with bf16
 autocast; the ratio compares each side's best. Then `gptlite-train`'s own loop (Accelerate, data loader,
 scheduler, logging) runs the same model on the built-in corpus and reports its steady-state tokens/s
 (the first step and evaluations excluded). MFU is against the matmul peak measured in this same run.
+
+The steps of all sides alternate, round by round, and so do gptlite-train's steps with transformers' best
+setting: a shared machine whose speed drifts slows both sides alike. Each figure is a median step; each
+ratio also comes with its range over the rounds.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -51,44 +56,85 @@ def make_step(model, precision: str, fused_loss: bool):
     return step
 
 
-def measure(
-    name: str, model, precision: str, batches: list[torch.Tensor], warmup: int, fused_loss=False
-) -> Measurement:
-    model.train()
-    step = make_step(model, precision, fused_loss)
-    for ids in batches[:warmup]:
-        step(ids)
-    seconds = []
-    for ids in batches[warmup:]:
-        start = time.perf_counter()
-        step(ids)
-        seconds.append(time.perf_counter() - start)
-    # Memory in one more step, untimed: the sampler takes malloc's locks and would slow the timed ones.
-    with peak_memory() as memory:
-        step(batches[-1])
-    # The median step: one step slowed by a neighbour on the machine does not move it.
-    return Measurement(name, batches[0].numel() / statistics.median(seconds), memory["peak"] / 2**20)
+def timed(step: Callable[[torch.Tensor], float], ids: torch.Tensor) -> float:
+    start = time.perf_counter()
+    step(ids)
+    return time.perf_counter() - start
 
 
-def end_to_end(precision: str, batch_size: int, steps: int) -> Measurement:
-    """`gptlite-train` itself at the benchmark's shape: its steady-state tokens/s (memory is not sampled)."""
+def measure_interleaved(
+    sides: dict[str, tuple[torch.nn.Module, str, bool]], batches: list[torch.Tensor], warmup: int
+) -> tuple[list[Measurement], dict[str, list[float]]]:
+    """One step of every side per round, in turn (the order rotates), on the same batches; then memory."""
+    steps = {}
+    for name, (model, precision, fused_loss) in sides.items():
+        model.train()
+        steps[name] = make_step(model, precision, fused_loss)
+        for ids in batches[:warmup]:
+            steps[name](ids)
+    names = list(steps)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for round_index, ids in enumerate(batches[warmup:]):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            seconds[name].append(timed(steps[name], ids))
+    measured = []
+    for name in names:
+        # Memory in one more step, untimed: the sampler takes malloc's locks and would slow the timed ones.
+        with peak_memory() as memory:
+            steps[name](batches[-1])
+        # The median step: one step slowed by a neighbour on the machine does not move it.
+        tokens_per_s = batches[0].numel() / statistics.median(seconds[name])
+        measured.append(Measurement(name, tokens_per_s, memory["peak"] / 2**20))
+    return measured, seconds
+
+
+def ratio_text(ours: list[float], theirs: list[float]) -> str:
+    """The ratio of median step times, and the range of the round-by-round ratios."""
+    pairs = [t / o for o, t in zip(ours, theirs)]
+    return (f"{statistics.median(theirs) / statistics.median(ours):.2f}x "
+            f"(rounds {min(pairs):.2f}-{max(pairs):.2f}x)")
+
+
+def end_to_end(precision: str, batch_size: int, rounds: int, their_step, batches) -> tuple[Measurement, list, list]:
+    """`gptlite-train` itself at the benchmark's shape, its steps alternating with steps of `their_step`.
+
+    gptlite-train's steady-state tokens/s is its own report. The other side's step runs between two of
+    gptlite-train's steps, outside them: gptlite-train times a step from its start to its end.
+    """
+    from gptlite.training import loop
     from gptlite.training.config import TrainConfig
-    from gptlite.training.loop import train
+    from gptlite.training.monitoring import Progress
+
+    ours, theirs = [], []
+    pending = iter(batches * (rounds + 1))
+
+    class Interleaved(Progress):
+        def end_step(self, *args, **kwargs) -> None:
+            ours.append(time.perf_counter() - self._started)
+            super().end_step(*args, **kwargs)
+            theirs.append(timed(their_step, next(pending)))
 
     with tempfile.TemporaryDirectory() as out:
         config = TrainConfig(
             emb_dim=768, n_layers=12, n_heads=12, qkv_bias=True, tie_word_embeddings=True, drop_rate=0.1,
-            context_length=256, batch_size=batch_size, max_steps=steps + 1, eval_freq=10**9, eval_iter=1,
+            context_length=256, batch_size=batch_size, max_steps=rounds + 1, eval_freq=10**9, eval_iter=1,
             mixed_precision="bf16" if precision == "bf16" else "no", output_dir=out, sample_tokens=1,
         )
-        result = train(config)
-    return Measurement(f"gptlite-train {precision} b{batch_size}", result.tokens_per_second, float("nan"))
+        original, loop.Progress = loop.Progress, Interleaved
+        try:
+            result = loop.train(config)
+        finally:
+            loop.Progress = original
+    # Both sides' first step pays for warm-up: gptlite-train excludes its own, and so does the ratio here.
+    measurement = Measurement(f"gptlite-train {precision} b{batch_size}", result.tokens_per_second, float("nan"))
+    return measurement, ours[1:], theirs[1:]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[2, 8])
-    parser.add_argument("--steps", type=int, default=4, help="measured steps per configuration")
+    parser.add_argument("--rounds", type=int, default=4, help="measured steps per side")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--context-length", type=int, default=256)
     parser.add_argument("--no-end-to-end", action="store_true", help="skip the gptlite-train measurement")
@@ -119,22 +165,33 @@ def main() -> None:
 
     for batch_size in args.batch_sizes:
         batches = [
-            torch.randint(0, cfg.vocab_size, (batch_size, args.context_length)) for _ in range(args.warmup + args.steps)
+            torch.randint(0, cfg.vocab_size, (batch_size, args.context_length))
+            for _ in range(args.warmup + args.rounds)
         ]
+        sides = {
+            f"{side} {precision} b{batch_size}": (model, precision, side == "gptlite")
+            for side, model in ((THEIRS, theirs), ("gptlite", ours))
+            for precision in precisions
+        }
+        results, seconds = measure_interleaved(sides, batches, args.warmup)
         best = {}
-        for side, model in ((THEIRS, theirs), ("gptlite", ours)):
-            for precision in precisions:
-                m = mfu(measure(f"{side} {precision} b{batch_size}", model, precision, batches, args.warmup,
-                                fused_loss=side == "gptlite"))
-                if m.tokens_per_s > best.get(side, Measurement("", 0, 0)).tokens_per_s:
-                    best[side] = m
-        ratio = best["gptlite"].tokens_per_s / best[THEIRS].tokens_per_s
-        print(f"batch {batch_size}: gptlite best / transformers best = {ratio:.2f}x "
+        for m in results:
+            mfu(m)
+            side = "gptlite" if m.name.startswith("gptlite") else THEIRS
+            if m.tokens_per_s > best.get(side, Measurement("", 0, 0)).tokens_per_s:
+                best[side] = m
+        print(f"batch {batch_size}: gptlite best / transformers best = "
+              f"{ratio_text(seconds[best['gptlite'].name], seconds[best[THEIRS].name])} "
               f"({best['gptlite'].name} vs {best[THEIRS].name})", flush=True)
         if not args.no_end_to_end:
-            e2e = mfu(end_to_end(precisions[-1], batch_size, args.steps))
-            print(f"batch {batch_size}: gptlite-train {precisions[-1]} / transformers best = "
-                  f"{e2e.tokens_per_s / best[THEIRS].tokens_per_s:.2f}x", flush=True)
+            # transformers' best setting again, its steps alternating with gptlite-train's.
+            _, precision, _ = sides[best[THEIRS].name]
+            their_step = make_step(theirs, precision, fused_loss=False)
+            e2e, ours_s, theirs_s = end_to_end(precisions[-1], batch_size, args.rounds, their_step, batches)
+            mfu(e2e)
+            print(f"batch {batch_size}: gptlite-train {precisions[-1]} / {best[THEIRS].name}, alternating steps = "
+                  f"{ratio_text(ours_s, theirs_s)} ({batches[0].numel() / statistics.median(theirs_s):.1f} "
+                  f"tok/s for transformers meanwhile)", flush=True)
 
     # The matmul peak of a shared 2-core VM moves with its neighbours (AMX units are shared by sibling
     # hyperthreads): measured again at the end, the higher figure is the fairer denominator.
