@@ -1,15 +1,17 @@
 """Greedy generation throughput: gptlite's `generate` against GPT2LMHeadModel's, same shape, one process.
 
-    python -m benchmarks.bench_generate [--new-tokens 200] [--batch-sizes 1 8]
+    python -m benchmarks.bench_generate [--new-tokens 200] [--batch-sizes 1 8] [--rounds 3]
 
 Both sides run the same `model.generate(input_ids, max_new_tokens=N, do_sample=False)` call on the same
 prompts at the book's 124M shape (context 1024 so that 200 new tokens fit), in fp32 and, where the CPU
-multiplies bf16 natively, with bf16 weights.
+multiplies bf16 natively, with bf16 weights. The two sides' calls alternate, `--rounds` times each, and
+each figure is the median call: a shared machine whose speed drifts slows both sides alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -19,21 +21,35 @@ from gptlite.conversion.common import gpt2_tensors_to_gptlite
 from gptlite.training.loop import keep_freed_memory
 from gptlite.training.throughput import cpu_has_native_bf16
 
+THEIRS = "transformers GPT2LMHeadModel"
 
-def measure(name: str, model, prompts: torch.Tensor, new_tokens: int) -> Measurement:
-    model.eval()
+
+def measure_interleaved(
+    sides: dict[str, torch.nn.Module], prompts: torch.Tensor, new_tokens: int, rounds: int
+) -> tuple[list[Measurement], dict[str, torch.Tensor], dict[str, list[float]]]:
+    """`rounds` timed generate calls per side, alternating (the order rotates); then memory, untimed."""
     options = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False, "pad_token_id": 0}
+    short = {**options, "max_new_tokens": 8, "min_new_tokens": 8}
+    names = list(sides)
+    outputs, seconds = {}, {name: [] for name in names}
     with torch.inference_mode():
-        short = {**options, "max_new_tokens": 8, "min_new_tokens": 8}
-        model.generate(prompts, **short)  # warm-up
-        start = time.perf_counter()
-        out = model.generate(prompts, **options)
-        elapsed = time.perf_counter() - start
-        # Memory in one more call, untimed: the sampler takes malloc's locks and would slow the timed one.
-        with peak_memory() as memory:
-            model.generate(prompts, **options)
-    generated = (out.shape[1] - prompts.shape[1]) * prompts.shape[0]
-    return Measurement(name, generated / elapsed, memory["peak"] / 2**20), out
+        for model in sides.values():
+            model.eval()
+            model.generate(prompts, **short)  # warm-up
+        for round_index in range(rounds):
+            shift = round_index % len(names)
+            for name in names[shift:] + names[:shift]:
+                start = time.perf_counter()
+                outputs[name] = sides[name].generate(prompts, **options)
+                seconds[name].append(time.perf_counter() - start)
+        measured = []
+        for name in names:
+            # Memory in one more call, untimed: the sampler takes malloc's locks and would slow the timed one.
+            with peak_memory() as memory:
+                sides[name].generate(prompts, **options)
+            generated = (outputs[name].shape[1] - prompts.shape[1]) * prompts.shape[0]
+            measured.append(Measurement(name, generated / statistics.median(seconds[name]), memory["peak"] / 2**20))
+    return measured, outputs, seconds
 
 
 def main() -> None:
@@ -41,6 +57,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=200)
     parser.add_argument("--prompt-tokens", type=int, default=8)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--rounds", type=int, default=3, help="timed generate calls per side")
     args = parser.parse_args()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU {torch.backends.cpu.get_cpu_capability()}"
@@ -58,16 +75,18 @@ def main() -> None:
         for batch_size in args.batch_sizes:
             torch.manual_seed(batch_size)
             prompts = torch.randint(0, 50257, (batch_size, args.prompt_tokens))
-            results = {}
-            for side, model in (("transformers GPT2LMHeadModel", theirs), ("gptlite", ours)):
-                m, out = measure(f"{side} {str(dtype)[6:]} b{batch_size}", model, prompts, args.new_tokens)
-                results[side] = (m, out)
+            theirs_name, ours_name = (f"{side} {str(dtype)[6:]} b{batch_size}" for side in (THEIRS, "gptlite"))
+            measured, outputs, seconds = measure_interleaved(
+                {theirs_name: theirs, ours_name: ours}, prompts, args.new_tokens, args.rounds
+            )
+            for m in measured:
                 print(m.row(), flush=True)
-            (mine, my_out), (base, base_out) = results["gptlite"], results["transformers GPT2LMHeadModel"]
-            same = "identical tokens" if torch.equal(my_out, base_out) else "TOKENS DIFFER"
+            same = "identical tokens" if torch.equal(outputs[ours_name], outputs[theirs_name]) else "TOKENS DIFFER"
+            pairs = [t / o for o, t in zip(seconds[ours_name], seconds[theirs_name])]
+            ratio = statistics.median(seconds[theirs_name]) / statistics.median(seconds[ours_name])
             print(
-                f"{str(dtype)[6:]} batch {batch_size}: gptlite / transformers = "
-                f"{mine.tokens_per_s / base.tokens_per_s:.2f}x ({same})",
+                f"{str(dtype)[6:]} batch {batch_size}: gptlite / transformers = {ratio:.2f}x "
+                f"(rounds {min(pairs):.2f}-{max(pairs):.2f}x; {same})",
                 flush=True,
             )
 
