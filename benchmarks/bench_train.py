@@ -1,6 +1,6 @@
 """Training throughput: gptlite against transformers' GPT2LMHeadModel, same shape, same batches, one process.
 
-    python -m benchmarks.bench_train [--batch-sizes 2 8] [--rounds 4] [--no-end-to-end]
+    python -m benchmarks.bench_train [--batch-sizes 2 8] [--rounds 4] [--no-end-to-end] [--matmul-bound]
 
 Each side runs forward (labels= loss), backward, gradient clipping and a fused AdamW step at the book's
 124M setting (context 256, dropout 0.1), in fp32 and, where the CPU multiplies bf16 natively, with bf16
@@ -89,6 +89,34 @@ def measure_interleaved(
     return measured, seconds
 
 
+MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
+
+
+def matmul_seconds(step: Callable[[torch.Tensor], float], ids: torch.Tensor) -> tuple[float, float]:
+    """One profiled step: the CPU time of all its operators, and of its matrix multiplies alone."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step(ids)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) / 1e6
+    return total, sum(e.self_cpu_time_total for e in events if e.key in MATMULS) / 1e6
+
+
+def print_matmul_bound(ours: Callable, theirs: Callable, batches: list[torch.Tensor], rounds: int) -> None:
+    """How far gptlite could go if all but its matrix multiplies took no time, against transformers' step."""
+    bounds, shares = [], []
+    for ids in batches[-rounds:]:
+        ours_total, ours_mm = matmul_seconds(ours, ids)
+        theirs_total, theirs_mm = matmul_seconds(theirs, ids)
+        bounds.append(theirs_total / ours_mm)
+        shares.append((ours_mm / ours_total, theirs_mm / theirs_total))
+    print(f"  matrix multiplies: {statistics.median(s for s, _ in shares):.0%} of a gptlite step, "
+          f"{statistics.median(t for _, t in shares):.0%} of a transformers step; transformers' step / gptlite's "
+          f"matrix multiplies alone = {statistics.median(bounds):.2f}x (rounds {min(bounds):.2f}-{max(bounds):.2f}x), "
+          "the ratio if nothing else took time", flush=True)
+
+
 def ratio_text(ours: list[float], theirs: list[float]) -> str:
     """The ratio of median step times, and the range of the round-by-round ratios."""
     pairs = [t / o for o, t in zip(ours, theirs)]
@@ -138,6 +166,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--context-length", type=int, default=256)
     parser.add_argument("--no-end-to-end", action="store_true", help="skip the gptlite-train measurement")
+    parser.add_argument("--matmul-bound", action="store_true",
+                        help="profile the two best settings: the share of matrix multiplies, and the ratio they bound")
     args = parser.parse_args()
     torch.manual_seed(0)
     keep_freed_memory(torch.device("cpu"))  # process-wide, so it helps both sides alike
@@ -183,6 +213,11 @@ def main() -> None:
         print(f"batch {batch_size}: gptlite best / transformers best = "
               f"{ratio_text(seconds[best['gptlite'].name], seconds[best[THEIRS].name])} "
               f"({best['gptlite'].name} vs {best[THEIRS].name})", flush=True)
+        if args.matmul_bound:
+            _, our_precision, _ = sides[best["gptlite"].name]
+            _, their_precision, _ = sides[best[THEIRS].name]
+            print_matmul_bound(make_step(ours, our_precision, fused_loss=True),
+                               make_step(theirs, their_precision, fused_loss=False), batches, args.rounds)
         if not args.no_end_to_end:
             # transformers' best setting again, its steps alternating with gptlite-train's.
             _, precision, _ = sides[best[THEIRS].name]
