@@ -79,7 +79,7 @@ class TrainConfig:
     attn_implementation: str = "sdpa"
     """Attention kernel: sdpa (PyTorch's fused attention) or eager (the book's explicit softmax)."""
     fast_dropout: bool = True
-    """On CPU, draw dropout masks 3x faster (probability rounded to a multiple of 2^-15); false: torch's F.dropout."""
+    """On CPU, draw dropout masks 4x faster (probability rounded to a multiple of 2^-15); false: torch's F.dropout."""
     init_from: str | None = None
     """Start from this saved or converted model (folder or Hub id) instead of random weights."""
 
