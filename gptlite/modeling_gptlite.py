@@ -126,32 +126,43 @@ class Dropout(nn.Dropout):
         return apply_dropout(x, self.p, self.training, self.fast)
 
 
-def _allowed_positions(
-    attention_mask: torch.Tensor | None, query: torch.Tensor, key: torch.Tensor
-) -> torch.Tensor | None:
-    """Which keys each query may attend to (True = attend), from a mask built for SDPA; None: all of them.
+def _additive_mask(attention_mask: torch.Tensor | None, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor | None:
+    """The additive mask eager attention needs, from any mask gptlite's forward builds.
 
-    Built for SDPA, the mask is None when plain causality suffices (SDPA's is_causal) or boolean.
+    Built for SDPA, the mask is None when plain causality suffices (SDPA's is_causal) or boolean (True =
+    attend); eager attention adds a float mask instead.
     """
     q_len, k_len = query.shape[-2], key.shape[-2]
-    if attention_mask is not None:
+    if attention_mask is None:
+        if q_len == 1:
+            return None
+        # Query i sits at key position i + (k_len - q_len): it sees keys up to there.
+        allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril(k_len - q_len)
+    elif attention_mask.dtype == torch.bool:
+        allowed = attention_mask
+    else:
         return attention_mask
-    if q_len == 1:
-        return None
-    # Query i sits at key position i + (k_len - q_len): it sees keys up to there.
-    return torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril(k_len - q_len)
-
-
-def _additive_mask(attention_mask: torch.Tensor | None, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor | None:
-    """The additive mask eager attention needs (0 = attend, the dtype's minimum = not), from any mask forward builds."""
-    if attention_mask is not None and attention_mask.dtype != torch.bool:
-        return attention_mask  # already additive
-    allowed = _allowed_positions(attention_mask, query, key)
-    if allowed is None:
-        return None
     return torch.zeros(allowed.shape, dtype=query.dtype, device=query.device).masked_fill(
         ~allowed, torch.finfo(query.dtype).min
     )
+
+
+def _masked_softmax(
+    attn_scores: torch.Tensor, attention_mask: torch.Tensor | None, query: torch.Tensor, key: torch.Tensor
+) -> torch.Tensor:
+    """Attention weights: the scores (b, h, q, k) plus the additive mask, softmaxed over the keys, in query's dtype."""
+    attention_mask = _additive_mask(attention_mask, query, key)
+    if attention_mask is not None and attention_mask.dtype == attn_scores.dtype:
+        # The scores are a fresh product the backward does not need: adding in place is safe.
+        attn_scores = attn_scores.add_(attention_mask)
+    elif attention_mask is not None:
+        # An fp32 mask (built for eager attention) on bf16 scores: in fp32, since fp32's minimum would
+        # round to -inf in bf16 and turn a fully masked (padding) row into NaN.
+        attn_scores = attn_scores + attention_mask
+    if attn_scores.dtype == torch.bfloat16:
+        # Computes in fp32 inside and rounds once: the same numbers as an fp32 softmax cast back, in one pass.
+        return torch.softmax(attn_scores, dim=-1)
+    return torch.softmax(attn_scores, dim=-1, dtype=torch.float32).to(query.dtype)
 
 
 def eager_attention_forward(
@@ -167,15 +178,7 @@ def eager_attention_forward(
     """The book's attention: scores, causal mask, softmax, dropout on the weights, weighted values."""
     # query: (b, h, q, d); key/value: (b, h, k, d)
     attn_scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (b, h, q, k)
-    attention_mask = _additive_mask(attention_mask, query, key)
-    if attention_mask is not None:
-        # Additive: 0 where allowed, the dtype's minimum elsewhere.
-        attn_scores = attn_scores + attention_mask
-    if attn_scores.dtype == torch.bfloat16:
-        # Computes in fp32 inside and rounds once: the same numbers as an fp32 softmax cast back, in one pass.
-        attn_weights = torch.softmax(attn_scores, dim=-1)
-    else:
-        attn_weights = torch.softmax(attn_scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = _masked_softmax(attn_scores, attention_mask, query, key)
     fast = getattr(getattr(module, "config", None), "fast_dropout", False)
     attn_weights = apply_dropout(attn_weights, dropout, module.training, fast)
     context = torch.matmul(attn_weights, value)  # (b, h, q, d)
@@ -202,17 +205,7 @@ def fast_dropout_attention_forward(
     """
     # query: (b, h, q, d); key/value: (b, h, k, d)
     attn_scores = torch.matmul(query * scaling, key.transpose(2, 3))  # (b, h, q, k)
-    attention_mask = _additive_mask(attention_mask, query, key)
-    if attention_mask is not None and attention_mask.dtype == attn_scores.dtype:
-        attn_scores.add_(attention_mask)  # the product is not needed for its backward: in place is safe
-    elif attention_mask is not None:
-        # An fp32 mask (built for eager attention) on bf16 scores: in fp32, as eager attention does, since
-        # fp32's minimum would round to -inf in bf16 and turn a fully masked (padding) row into NaN.
-        attn_scores = attn_scores + attention_mask
-    if attn_scores.dtype == torch.bfloat16:
-        attn_weights = torch.softmax(attn_scores, dim=-1)
-    else:
-        attn_weights = torch.softmax(attn_scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = _masked_softmax(attn_scores, attention_mask, query, key)
     scale = 1.0
     if module.training and dropout > 0.0:
         attn_weights = attn_weights * _keep_mask(attn_weights.shape, dropout, attn_weights.dtype, attn_weights.device)
