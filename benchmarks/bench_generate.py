@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from benchmarks.common import Measurement, gpt124m_pair, peak_memory
+from benchmarks.common import Measurement, gpt124m_pair, peak_memory, ratio_text, rotated
 from gptlite.conversion.common import gpt2_tensors_to_gptlite
 from gptlite.training.loop import keep_freed_memory
 from gptlite.training.throughput import cpu_has_native_bf16
@@ -37,8 +37,7 @@ def measure_interleaved(
             model.eval()
             model.generate(prompts, **short)  # warm-up
         for round_index in range(rounds):
-            shift = round_index % len(names)
-            for name in names[shift:] + names[:shift]:
+            for name in rotated(names, round_index):
                 start = time.perf_counter()
                 outputs[name] = sides[name].generate(prompts, **options)
                 seconds[name].append(time.perf_counter() - start)
@@ -82,11 +81,9 @@ def main() -> None:
             for m in measured:
                 print(m.row(), flush=True)
             same = "identical tokens" if torch.equal(outputs[ours_name], outputs[theirs_name]) else "TOKENS DIFFER"
-            pairs = [t / o for o, t in zip(seconds[ours_name], seconds[theirs_name])]
-            ratio = statistics.median(seconds[theirs_name]) / statistics.median(seconds[ours_name])
             print(
-                f"{str(dtype)[6:]} batch {batch_size}: gptlite / transformers = {ratio:.2f}x "
-                f"(rounds {min(pairs):.2f}-{max(pairs):.2f}x; {same})",
+                f"{str(dtype)[6:]} batch {batch_size}: gptlite / transformers = "
+                f"{ratio_text(seconds[ours_name], seconds[theirs_name])}, {same}",
                 flush=True,
             )
 

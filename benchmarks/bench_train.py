@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import torch
 
-from benchmarks.common import Measurement, gpt124m_pair, peak_memory
+from benchmarks.common import Measurement, gpt124m_pair, peak_memory, ratio_text, rotated
 from gptlite.training.loop import keep_freed_memory
 from gptlite.training.throughput import cpu_has_native_bf16, measure_matmul_peak, model_flops_per_token
 
@@ -75,8 +75,7 @@ def measure_interleaved(
     names = list(steps)
     seconds: dict[str, list[float]] = {name: [] for name in names}
     for round_index, ids in enumerate(batches[warmup:]):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
+        for name in rotated(names, round_index):
             seconds[name].append(timed(steps[name], ids))
     measured = []
     for name in names:
@@ -117,14 +116,9 @@ def print_matmul_bound(ours: Callable, theirs: Callable, batches: list[torch.Ten
           "the ratio if nothing else took time", flush=True)
 
 
-def ratio_text(ours: list[float], theirs: list[float]) -> str:
-    """The ratio of median step times, and the range of the round-by-round ratios."""
-    pairs = [t / o for o, t in zip(ours, theirs)]
-    return (f"{statistics.median(theirs) / statistics.median(ours):.2f}x "
-            f"(rounds {min(pairs):.2f}-{max(pairs):.2f}x)")
-
-
-def end_to_end(precision: str, batch_size: int, rounds: int, their_step, batches) -> tuple[Measurement, list, list]:
+def end_to_end(
+    precision: str, batches: list[torch.Tensor], rounds: int, their_step
+) -> tuple[Measurement, list, list]:
     """`gptlite-train` itself at the benchmark's shape, its steps alternating with steps of `their_step`.
 
     gptlite-train's steady-state tokens/s is its own report. The other side's step runs between two of
@@ -134,6 +128,7 @@ def end_to_end(precision: str, batch_size: int, rounds: int, their_step, batches
     from gptlite.training.config import TrainConfig
     from gptlite.training.monitoring import Progress
 
+    batch_size, context_length = batches[0].shape
     ours, theirs = [], []
     pending = iter(batches * (rounds + 1))
 
@@ -146,7 +141,7 @@ def end_to_end(precision: str, batch_size: int, rounds: int, their_step, batches
     with tempfile.TemporaryDirectory() as out:
         config = TrainConfig(
             emb_dim=768, n_layers=12, n_heads=12, qkv_bias=True, tie_word_embeddings=True, drop_rate=0.1,
-            context_length=256, batch_size=batch_size, max_steps=rounds + 1, eval_freq=10**9, eval_iter=1,
+            context_length=context_length, batch_size=batch_size, max_steps=rounds + 1, eval_freq=10**9, eval_iter=1,
             mixed_precision="bf16" if precision == "bf16" else "no", output_dir=out, sample_tokens=1,
         )
         original, loop.Progress = loop.Progress, Interleaved
@@ -222,7 +217,7 @@ def main() -> None:
             # transformers' best setting again, its steps alternating with gptlite-train's.
             _, precision, _ = sides[best[THEIRS].name]
             their_step = make_step(theirs, precision, fused_loss=False)
-            e2e, ours_s, theirs_s = end_to_end(precisions[-1], batch_size, args.rounds, their_step, batches)
+            e2e, ours_s, theirs_s = end_to_end(precisions[-1], batches, args.rounds, their_step)
             mfu(e2e)
             print(f"batch {batch_size}: gptlite-train {precisions[-1]} / {best[THEIRS].name}, alternating steps = "
                   f"{ratio_text(ours_s, theirs_s)} ({batches[0].numel() / statistics.median(theirs_s):.1f} "

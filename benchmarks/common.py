@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import statistics
 import threading
 import time
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from gptlite import GPTLiteConfig, GPTLiteForCausalLM
 from gptlite._libc import libc
 
-__all__ = ["Measurement", "gpt124m_pair", "peak_memory"]
+__all__ = ["Measurement", "gpt124m_pair", "peak_memory", "ratio_text", "rotated"]
 
 
 def gpt124m_pair(context_length: int = 256, drop_rate: float = 0.1) -> tuple[GPTLiteForCausalLM, GPT2LMHeadModel]:
@@ -97,3 +98,15 @@ class Measurement:
     def row(self) -> str:
         memory = "" if self.peak_mb != self.peak_mb else f"{self.peak_mb:.0f} MB peak"  # NaN: not measured
         return f"{self.name:<44} {self.tokens_per_s:>10.1f} tok/s {memory:>14}  {self.extra}"
+
+
+def rotated(names: list[str], round_index: int) -> list[str]:
+    """The sides' order in one round: each round starts one side later, so no side always runs first."""
+    shift = round_index % len(names)
+    return names[shift:] + names[:shift]
+
+
+def ratio_text(ours: list[float], theirs: list[float]) -> str:
+    """gptlite's speed over transformers' from their times per round: the ratio of the medians, and its range."""
+    pairs = [t / o for o, t in zip(ours, theirs)]
+    return f"{statistics.median(theirs) / statistics.median(ours):.2f}x (rounds {min(pairs):.2f}-{max(pairs):.2f}x)"
