@@ -1,0 +1,221 @@
+"""Folders that appear whole or not at all, and the checks that keep gptlite from writing over the wrong one.
+
+Every folder gptlite writes as a unit (a converted model, a run's final model) is first written into a
+hidden sibling, ``.{name}.tmp-{pid}``, flushed to disk, and then swapped into place. On Linux the swap is
+one ``renameat2(RENAME_EXCHANGE)``: at every instant the path holds either the complete old folder or the
+complete new one. Elsewhere the old folder is renamed aside first (a crash between the two renames leaves
+it beside the path, whole). Whatever fails before the swap (disk full, a bad tensor, Ctrl-C) removes the
+temporary folder and leaves the previous one byte-identical.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import re
+import shutil
+import socket
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ._libc import libc
+
+__all__ = [
+    "FolderRefused",
+    "FolderWriteError",
+    "atomic_folder",
+    "check_output_folder",
+    "fsync_tree",
+    "is_disk_full",
+    "process_alive",
+    "same_or_inside",
+]
+
+
+class FolderRefused(ValueError):
+    """A usage error: the output folder is the input, holds something else, or is not a folder."""
+
+
+class FolderWriteError(OSError):
+    """Writing a folder failed at run time (disk full, I/O error); the previous folder is intact."""
+
+
+def process_alive(pid: int, host: str | None = None) -> bool:
+    """Whether process ``pid`` runs on this machine (a ``host`` other than this one counts as alive)."""
+    if host is not None and host != socket.gethostname():
+        return True  # another machine's process: we cannot tell, so assume it is live
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def same_or_inside(path: Path, other: Path) -> bool:
+    """Whether ``path`` is ``other`` or lies inside it (both resolved, symlinks followed)."""
+    path, other = path.resolve(), other.resolve()
+    return path == other or other in path.parents
+
+
+def check_output_folder(
+    out: str | os.PathLike[str],
+    *,
+    inputs: Iterable[str | os.PathLike[str]] = (),
+    is_previous_output: Callable[[Path], bool] = lambda folder: False,
+    overwrite: bool = False,
+    describe: str = "a previous output of this command",
+) -> Path:
+    """Refuse an output folder that would destroy something; return it as a Path.
+
+    Refused (``FolderRefused``, naming the folder): an output that is one of ``inputs`` or contains one
+    (replacing it would delete the input), a path that exists and is not a folder, and a non-empty folder
+    unless ``is_previous_output(folder)`` says it holds ``describe`` or ``overwrite`` is set.
+    """
+    out = Path(out)
+    for source in inputs:
+        source = Path(source)
+        if source.exists() and same_or_inside(source, out):
+            what = "is" if source.resolve() == out.resolve() else "contains"
+            raise FolderRefused(f"the output folder {out} {what} the input {source}; write to another folder")
+    if out.exists() and not out.is_dir():
+        raise FolderRefused(f"the output {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite and not is_previous_output(out):
+        raise FolderRefused(
+            f"the output folder {out} is not empty and does not hold {describe}; "
+            "pass --overwrite to replace it, or choose another folder"
+        )
+    return out
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether ``err`` (or an exception it was raised from) says the disk is full.
+
+    torch's zip writer reports a failed write as ``[enforce fail at inline_container.cc] unexpected pos``
+    and safetensors as an ``I/O error``; both keep the OS's words, or at least the failed position, so
+    the text is checked as well as ``errno``.
+    """
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(err)
+        if "No space left on device" in text or "os error 28" in text or "Disk quota exceeded" in text:
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _write_failed(err: BaseException) -> bool:
+    # torch.save's zip writer hides the OS error: a short write shows only as an unexpected file position.
+    return is_disk_full(err) or "unexpected pos" in str(err) or isinstance(err, OSError) and err.errno == errno.EIO
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file of ``folder`` and the folders themselves: a rename without it may expose empty files
+    after a power cut."""
+    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if path.is_file() and not path.is_symlink():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        elif path.is_dir():
+            _fsync_dir(path)
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_RENAME_EXCHANGE = 2  # from linux/fs.h
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux ``renameat2``); False where the call is unavailable."""
+    renameat2 = getattr(libc(), "renameat2", None)
+    if renameat2 is None:
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):  # old kernel or a filesystem without exchange
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+_TMP = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)$")
+
+
+def _remove_stale_siblings(final: Path) -> None:
+    # A process killed mid-write leaves its hidden sibling behind; remove those whose writer is gone.
+    if not final.parent.is_dir():
+        return
+    for path in final.parent.iterdir():
+        match = _TMP.match(path.name)
+        if match and match["name"] == final.name and not process_alive(int(match["pid"])):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _swap_into_place(tmp: Path, final: Path) -> None:
+    if not final.exists():
+        os.rename(tmp, final)
+    elif _exchange(tmp, final):
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old folder
+    else:
+        aside = final.parent / f".{final.name}.old-{os.getpid()}"
+        os.rename(final, aside)
+        os.rename(tmp, final)
+        shutil.rmtree(aside, ignore_errors=True)
+    _fsync_dir(final.parent)
+
+
+@contextmanager
+def atomic_folder(final: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty temporary sibling of ``final``; when the block ends, swap it into place whole.
+
+    If the block raises (or the flush fails), the temporary folder is removed and ``final`` is left as it
+    was. A full disk becomes ``FolderWriteError("No space left on device while writing FINAL; ... is intact")``.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_siblings(final)
+    existed = final.exists()
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        fsync_tree(tmp)
+        _swap_into_place(tmp, final)
+    except BaseException as err:
+        failed = isinstance(err, Exception) and _write_failed(err)
+        full = failed and (is_disk_full(err) or _low_on_space(final.parent))  # before the space is freed again
+        shutil.rmtree(tmp, ignore_errors=True)
+        if failed:
+            intact = f"{final} is intact" if existed else f"nothing was left at {final}"
+            failure = FolderWriteError(
+                f"{'No space left on device' if full else f'Write failed ({err})'} while writing {final}; {intact}"
+            )
+            failure.errno = errno.ENOSPC if full else errno.EIO
+            raise failure from err
+        raise
+
+
+def _low_on_space(folder: Path, margin: int = 1 << 20) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < margin
+    except OSError:
+        return False
