@@ -107,8 +107,10 @@ def generate_text(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=generate_text.__doc__)
-    parser.add_argument("model", help="a gptlite folder (save_pretrained / gptlite-train), a plain GPT-2 folder, or a Hub id")
+    parser = argparse.ArgumentParser(prog=PROG, description=generate_text.__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "model", help="a gptlite folder (save_pretrained / gptlite-train), a plain GPT-2 folder, or a Hub id"
+    )
     parser.add_argument("--prompt", required=True, help="text to continue (empty: start from <|endoftext|>)")
     parser.add_argument("--max-new-tokens", type=int, default=50)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 (default) decodes greedily")
