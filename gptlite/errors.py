@@ -45,6 +45,8 @@ def exit_status(err: BaseException) -> int:
 
 def one_line(err: BaseException | str) -> str:
     """The message of `err` on one line (library errors sometimes span several)."""
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted (Ctrl-C)"
     if isinstance(err, KeyError) and err.args:
         text = str(err.args[0])  # str(KeyError) adds quotes
     else:

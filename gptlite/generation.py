@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, TextStreamer
 
-from .errors import EXIT_INTERRUPTED, UsageError, fail, one_line
+from .errors import UsageError, fail, one_line
 from .modeling_gptlite import GPTLiteForCausalLM
 from .tokenization import get_hf_tokenizer
 
@@ -161,10 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         check_generation_options(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
         _run(args)
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        fail(PROG, "interrupted", EXIT_INTERRUPTED)
-    except (ValueError, KeyError, OSError) as err:
+    except (ValueError, KeyError, OSError, KeyboardInterrupt) as err:
         fail(PROG, err)
 
 

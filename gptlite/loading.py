@@ -144,6 +144,14 @@ def _load_gptlite(folder: Path, dtype: torch.dtype, overrides: Mapping[str, Any]
         raise InputFileError(f"{folder}: {one_line(err)}") from None
 
 
+def _owning(tensor: torch.Tensor) -> torch.Tensor:
+    # The query/key/value biases are views of GPT-2's fused c_attn bias: as parameters sharing one storage
+    # they would be saved as "shared tensors" and dropped from checkpoints. Give each its own storage.
+    if tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size():
+        return tensor.clone()
+    return tensor
+
+
 def _load_gpt2(folder: Path, dtype: torch.dtype, overrides: Mapping[str, Any], attn: str | None):
     from .conversion.hf import gpt2_state_dict_in_memory
     from .conversion.storage import ConversionError
@@ -157,7 +165,7 @@ def _load_gpt2(folder: Path, dtype: torch.dtype, overrides: Mapping[str, Any], a
     config.validate_architecture()
     with torch.device("meta"):  # names, shapes and tying, no memory: every parameter is assigned below
         model = GPTLiteForCausalLM(config)
-    state_dict = {name: tensor.to(dtype) for name, tensor in state_dict.items()}
+    state_dict = {name: _owning(tensor.to(dtype)) for name, tensor in state_dict.items()}
     missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
     tied = {"out_head.weight"} if config.tie_word_embeddings else set()
     if set(missing) != tied or unexpected:  # the conversion checked every name: this would be a gptlite bug
@@ -175,7 +183,7 @@ def load_model(
     overrides: Mapping[str, Any] | None = None,
     attn_implementation: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
-    notice: Callable[[str], None] = _notice,
+    notice: Callable[[str], None] | None = None,
 ) -> GPTLiteForCausalLM:
     """The gptlite model in `source` (a folder or a Hub id) with its real weights, in eval mode, on the CPU.
 
@@ -185,7 +193,7 @@ def load_model(
         overrides: config fields to change that do not change shapes (``drop_rate``, ``fast_dropout``).
         attn_implementation: ``"sdpa"`` or ``"eager"`` (default: the model's).
         cache_dir: Hugging Face cache for Hub downloads.
-        notice: called with the one line saying that a GPT-2 folder was converted (default: print to stderr).
+        notice: called with the one line saying that a GPT-2 folder was converted (None: print it on stderr).
 
     Raises:
         UsageError: `source` cannot be found, is not a model folder, or is a kind of model gptlite does not run.
@@ -197,7 +205,7 @@ def load_model(
     model_type, _ = read_model_config(folder)
     if model_type == "gpt2":
         model = _load_gpt2(folder, dtype, overrides, attn_implementation)
-        notice(f"{os.fspath(source)} is a GPT-2 folder (model_type gpt2): converted to gptlite in memory")
+        (notice or _notice)(f"{os.fspath(source)} is a GPT-2 folder (model_type gpt2): converted to gptlite in memory")
     else:
         model = _load_gptlite(folder, dtype, overrides, attn_implementation)
     return model.eval()
