@@ -17,7 +17,7 @@ from typing import Any
 
 from gptlite.errors import InputFileError, one_line
 
-__all__ = ["locate_table_error", "read_utf8_text", "text_value_error", "utf8_error"]
+__all__ = ["find_table_error", "locate_table_error", "read_utf8_text", "text_value_error", "utf8_error"]
 
 _CHUNK = 1 << 20
 
@@ -121,16 +121,24 @@ def _json_error(path: Path, column: str) -> InputFileError | None:
     return _json_lines_error(path, column)
 
 
+def find_table_error(path: Path, fmt: str, column: str) -> InputFileError | None:
+    """The first line of `path` that is not UTF-8, not JSON, or whose text is not a string; None if none is."""
+    found = utf8_error(path) if fmt in ("json", "csv") else None
+    if found is None and fmt == "json":
+        found = _json_error(path, column)
+    return found
+
+
 def locate_table_error(path: Path, fmt: str, column: str, err: BaseException | None = None) -> InputFileError:
     """Why datasets could not read `path` (or read a non-text column), naming the file and the line.
 
     `err` is what datasets raised, if anything; it is only quoted when the scan finds nothing more precise.
     """
-    found = utf8_error(path) if fmt in ("json", "csv") else None
-    if found is None and fmt == "json":
-        found = _json_error(path, column)
+    found = find_table_error(path, fmt, column)
     if found is not None:
         return found
+    if isinstance(err, InputFileError):
+        return err
     cause = err
     while cause is not None and cause.__cause__ is not None:  # DatasetGenerationError wraps the real one
         cause = cause.__cause__

@@ -22,7 +22,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptlite.training.file_errors import locate_table_error, read_utf8_text, text_value_error
+from gptlite.errors import InputFileError
+from gptlite.training.file_errors import find_table_error, locate_table_error, read_utf8_text, text_value_error
 
 __all__ = [
     "TABLE_FORMATS",
@@ -263,14 +264,14 @@ def _checked_text(ds, path: Path, fmt: str, column: str):
         except pa.ArrowInvalid as err:
             raise locate_table_error(path, fmt, column, err) from None
         return ds
-    located = locate_table_error(path, fmt, column)
-    if "line" in str(located) or fmt == "json":
-        raise located
+    found = find_table_error(path, fmt, column)  # JSON: the line; any table: bytes that are not UTF-8
+    if found is not None:
+        raise found
     for i, text in enumerate(ds["text"]):
         if text is not None and not isinstance(text, str):
             # CSV: line 1 is the header (a quoted field spanning lines would shift this count).
             raise text_value_error(f"{path}, line {i + 2}" if fmt == "csv" else f"{path}, row {i}", column, text)
-    raise located
+    raise InputFileError(f"{path}: column {column!r} has type {feature}, not text")
 
 
 def single_document(parts) -> str | None:
