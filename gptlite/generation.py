@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, TextStreamer
 
+from .errors import UsageError, fail, one_line
 from .modeling_gptlite import GPTLiteForCausalLM
 from .tokenization import get_hf_tokenizer
+
+PROG = "gptlite-generate"
 
 
 def load_tokenizer(model_name_or_path: str | os.PathLike[str]) -> PreTrainedTokenizerBase:
@@ -24,6 +30,20 @@ def load_tokenizer(model_name_or_path: str | os.PathLike[str]) -> PreTrainedToke
         return get_hf_tokenizer()
 
 
+def check_generation_options(
+    max_new_tokens: int, temperature: float, top_k: int | None = None, top_p: float | None = None
+) -> None:
+    """Refuse values `generate` would misread (NaN temperature as greedy, top-k 0 as no top-k), naming the flag."""
+    if max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"--temperature must be a finite number >= 0 (0 decodes greedily), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"--top-k must be >= 1 when given (leave it out for no top-k), got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"--top-p must be in (0, 1] (1 keeps every token), got {top_p}")
+
+
 def generate_text(
     model: GPTLiteForCausalLM,
     tokenizer: PreTrainedTokenizerBase,
@@ -34,24 +54,47 @@ def generate_text(
     top_p: float | None = None,
     seed: int | None = None,
     stream: bool = False,
+    notice: Callable[[str], None] | None = None,
 ) -> str:
     """Continue `prompt`: greedy when `temperature` is 0 (the book's default), else sampled.
 
-    Returns the prompt followed by its continuation, stopping early at `<|endoftext|>`.
+    Returns the prompt followed by its continuation, stopping early at `<|endoftext|>`. An empty prompt
+    starts from `<|endoftext|>`, as GPT-2 was trained to begin a document. A prompt that fills the model's
+    context is refused; one that leaves less room than `max_new_tokens` gets the tokens that fit.
+    `notice` (if given) is told, in one line, about the empty prompt and about fewer tokens than asked.
+
+    Raises:
+        ValueError: naming the flag, for out-of-range options, a prompt too long for the context, or token
+            ids the model's vocabulary does not have.
     """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    check_generation_options(max_new_tokens, temperature, top_k, top_p)
     if seed is not None:
         torch.manual_seed(seed)
-    inputs = tokenizer(prompt, return_tensors="pt").to(model.device)
-    room = model.config.context_length - inputs["input_ids"].shape[1]
+    if prompt:
+        inputs = tokenizer(prompt, return_tensors="pt").to(model.device)
+    else:
+        start = model.config.bos_token_id if model.config.bos_token_id is not None else tokenizer.bos_token_id
+        if start is None:
+            raise ValueError("--prompt is empty and the model has no bos_token_id to start from")
+        if notice:
+            notice(f"the prompt is empty: starting from {tokenizer.decode([start])!r} (token {start}), as GPT-2 does")
+        ids = torch.tensor([[start]], device=model.device)
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    n_prompt, context = inputs["input_ids"].shape[1], model.config.context_length
+    if int(inputs["input_ids"].max()) >= model.config.vocab_size:
+        raise ValueError(
+            f"the prompt has token id {int(inputs['input_ids'].max())}, beyond the model's vocab_size of "
+            f"{model.config.vocab_size}: the tokenizer does not belong to this model"
+        )
+    room = context - n_prompt
     if room < 1:
         raise ValueError(
-            f"the prompt has {inputs['input_ids'].shape[1]} tokens, which leaves no room in the model's "
-            f"context_length of {model.config.context_length}"
+            f"--prompt has {n_prompt} tokens, which leaves no room in the model's context_length of {context}; "
+            f"shorten it to at most {context - 1} tokens"
         )
+    if max_new_tokens > room and notice:
+        notice(f"generating {room} new tokens, not {max_new_tokens}: the {n_prompt}-token prompt leaves room for "
+               f"{room} in the model's context_length of {context}")
     sampling = temperature > 0
     options = {"do_sample": sampling, "max_new_tokens": min(max_new_tokens, room)}
     if sampling:
@@ -64,9 +107,11 @@ def generate_text(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gptlite-generate", description=generate_text.__doc__)
-    parser.add_argument("model", help="a folder written by save_pretrained / gptlite-train, or a Hub id")
-    parser.add_argument("--prompt", required=True, help="text to continue")
+    parser = argparse.ArgumentParser(prog=PROG, description=generate_text.__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "model", help="a gptlite folder (save_pretrained / gptlite-train), a plain GPT-2 folder, or a Hub id"
+    )
+    parser.add_argument("--prompt", required=True, help="text to continue (empty: start from <|endoftext|>)")
     parser.add_argument("--max-new-tokens", type=int, default=50)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 (default) decodes greedily")
     parser.add_argument("--top-k", type=int, default=None, help="sample only among the k likeliest tokens")
@@ -78,11 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    if (args.top_k is not None or args.top_p is not None) and args.temperature == 0:
-        build_parser().error("--top-k/--top-p only apply when sampling: also pass --temperature > 0")
-    model = GPTLiteForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).to(args.device)
+def _notice(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr)
+
+
+def _run(args: argparse.Namespace) -> None:
+    from .loading import load_model
+
+    model = load_model(args.model, dtype=getattr(torch, args.dtype))
+    try:
+        model = model.to(args.device)
+    except (RuntimeError, AssertionError) as err:  # no such device on this machine (e.g. cuda without a GPU)
+        raise UsageError(f"--device {args.device}: {one_line(err)}") from None
     tokenizer = load_tokenizer(args.model)
     text = generate_text(
         model,
@@ -94,9 +146,23 @@ def main(argv: list[str] | None = None) -> None:
         top_p=args.top_p,
         seed=args.seed,
         stream=args.stream,
+        notice=_notice,
     )
     if not args.stream:
         print(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `gptlite-generate`: exits 2 for a bad flag or model path, 1 for a broken model file."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.top_k is not None or args.top_p is not None) and args.temperature == 0:
+        parser.error("--top-k/--top-p only apply when sampling: also pass --temperature > 0")
+    try:
+        check_generation_options(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+        _run(args)
+    except (ValueError, KeyError, OSError, KeyboardInterrupt) as err:
+        fail(PROG, err)
 
 
 if __name__ == "__main__":

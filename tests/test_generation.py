@@ -1,9 +1,13 @@
 import io
+import json
+import os
+import shutil
 from contextlib import redirect_stdout
 
 import pytest
 import torch
-from transformers import TextStreamer, pipeline
+from safetensors.torch import load_file, save_file
+from transformers import GPT2Config, GPT2LMHeadModel, TextStreamer, pipeline
 
 from gptlite import GPTLiteConfig, GPTLiteForCausalLM
 from gptlite.generation import generate_text, main
@@ -185,3 +189,161 @@ def test_cli_prints_the_text(gpt2_vocab_model, tmp_path, capsys):
         ]
     )
     assert capsys.readouterr().out == first and first.startswith("Hi")
+
+
+# -- gptlite-generate on every kind of model folder, and one line for every bad input -------------------------
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory, gpt2_vocab_model):
+    """A gptlite folder and a plain GPT-2 folder (GPT2LMHeadModel.save_pretrained) over GPT-2's vocabulary."""
+    root = tmp_path_factory.mktemp("models")
+    gpt2_vocab_model.save_pretrained(root / "lite")
+    torch.manual_seed(6)
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_positions=32, n_embd=32, n_layer=2, n_head=2)).eval()
+    randomize_(gpt2)
+    gpt2.save_pretrained(root / "gpt2")
+    return root, gpt2
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of gptlite-generate, asserting that nothing printed a traceback."""
+    try:
+        main(list(argv))
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_cli_runs_the_real_weights_of_a_plain_gpt2_folder(folders, capsys):
+    root, gpt2 = folders
+    code, out, err = run_cli(capsys, str(root / "gpt2"), "--prompt", "Every effort moves you", "--max-new-tokens", "8")
+    assert code == 0
+    assert f"{root / 'gpt2'} is a GPT-2 folder (model_type gpt2): converted to gptlite in memory" in err
+    tokenizer = get_hf_tokenizer()
+    ids = tokenizer("Every effort moves you", return_tensors="pt").input_ids
+    expected = gpt2.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    assert out.strip() == tokenizer.decode(expected[0], skip_special_tokens=True).strip()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1, got 0"),
+        (["--temperature", "-1"], "--temperature must be a finite number >= 0"),
+        (["--temperature", "nan"], "--temperature must be a finite number >= 0 (0 decodes greedily), got nan"),
+        (["--temperature", "1", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
+        (["--temperature", "1", "--top-p", "0"], "--top-p must be in (0, 1]"),
+        (["--temperature", "1", "--top-p", "-1"], "--top-p must be in (0, 1]"),
+        (["--temperature", "1", "--top-k", "0"], "--top-k must be >= 1 when given"),
+    ],
+    ids=["max-new-tokens-0", "temperature-negative", "temperature-nan", "top-p-1.5", "top-p-0", "top-p-neg", "top-k-0"],
+)
+def test_cli_refuses_bad_generation_flags_in_one_line(folders, capsys, flags, message):
+    root, _ = folders
+    code, out, err = run_cli(capsys, str(root / "lite"), "--prompt", "Hi", *flags)
+    assert code == 2 and message in one_error_line(err) and out == ""
+
+
+def test_cli_starts_an_empty_prompt_from_endoftext_as_gpt2_does(folders, gpt2_vocab_model, capsys):
+    root, _ = folders
+    code, out, err = run_cli(capsys, str(root / "lite"), "--prompt", "", "--max-new-tokens", "5")
+    assert code == 0 and "the prompt is empty: starting from '<|endoftext|>' (token 50256), as GPT-2 does" in err
+    expected = gpt2_vocab_model.generate(torch.tensor([[50256]]), max_new_tokens=5, do_sample=False)
+    assert out.rstrip("\n") == get_hf_tokenizer().decode(expected[0], skip_special_tokens=True)
+
+
+def test_cli_refuses_a_prompt_longer_than_the_context_naming_both_lengths(folders, capsys):
+    root, _ = folders
+    code, _, err = run_cli(capsys, str(root / "lite"), "--prompt", " ".join(["word"] * 70))
+    assert code == 2
+    assert "--prompt has 70 tokens, which leaves no room in the model's context_length of 64" in one_error_line(err)
+
+
+def test_cli_says_when_the_context_leaves_fewer_new_tokens_than_asked(folders, capsys):
+    root, _ = folders
+    code, out, err = run_cli(capsys, str(root / "lite"), "--prompt", " ".join(["word"] * 60), "--max-new-tokens", "10")
+    assert code == 0 and "generating 4 new tokens, not 10: the 60-token prompt leaves room for 4" in err
+
+
+@pytest.mark.parametrize("name", ["{root}/no-such-folder", "no-such-model-anywhere"], ids=["path", "hub-id"])
+def test_cli_says_a_missing_path_is_neither_a_folder_nor_on_the_hub(folders, capsys, monkeypatch, name):
+    root, _ = folders
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(root / "empty-hf-home"))
+    code, _, err = run_cli(capsys, name.format(root=root), "--prompt", "Hi")
+    assert code == 2 and "is neither a folder nor reachable on the Hub" in one_error_line(err)
+
+
+def broken_copy(root, kind, tmp_path, edit) -> str:
+    folder = tmp_path / kind
+    shutil.copytree(root / kind, folder)
+    edit(folder)
+    return str(folder)
+
+
+def truncate_weights(folder):
+    weights = folder / "model.safetensors"
+    os.truncate(weights, weights.stat().st_size - 100)
+
+
+def reshape_tensor(name, shape):
+    def edit(folder):
+        tensors = load_file(folder / "model.safetensors")
+        tensors[name] = torch.zeros(shape)
+        save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("kind", "edit", "message"),
+    [
+        ("lite", truncate_weights, "model.safetensors: not a readable safetensors file"),
+        ("gpt2", truncate_weights, "model.safetensors: not a readable safetensors file"),
+        ("lite", reshape_tensor("trf_blocks.0.norm1.scale", (31,)),
+         "tensor trf_blocks.0.norm1.scale has shape [31], but"),
+        ("gpt2", reshape_tensor("transformer.h.1.ln_2.bias", (31,)),
+         "tensor transformer.h.1.ln_2.bias has shape [31], but"),
+    ],
+    ids=["truncated-gptlite", "truncated-gpt2", "shape-gptlite", "shape-gpt2"],
+)
+def test_cli_names_the_broken_file_or_tensor(folders, capsys, tmp_path, kind, edit, message):
+    root, _ = folders
+    code, out, err = run_cli(capsys, broken_copy(root, kind, tmp_path, edit), "--prompt", "Hi")
+    line = one_error_line(err)
+    assert code == 1 and message in line and out == ""
+    if "shape" in message:
+        assert "needs [32]" in line
+    assert "Loading weights" not in err and "MISSING" not in err  # no load report, no random weights
+
+
+def test_cli_refuses_another_model_type_naming_it(folders, capsys, tmp_path):
+    root, _ = folders
+
+    def make_llama(folder):
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps(config | {"model_type": "llama"}))
+
+    code, _, err = run_cli(capsys, broken_copy(root, "lite", tmp_path, make_llama), "--prompt", "Hi")
+    assert code == 2 and "model_type is 'llama'" in one_error_line(err)
+
+
+def test_cli_ctrl_c_is_one_line_and_exit_130(folders, capsys, monkeypatch):
+    root, _ = folders
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(GPTLiteForCausalLM, "generate", interrupted)
+    code, out, err = run_cli(capsys, str(root / "lite"), "--prompt", "Hi")
+    assert code == 130 and "gptlite-generate: error: interrupted (Ctrl-C)" in one_error_line(err)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from ..configuration_gptlite import GPTLiteConfig
 from ..modeling_gptlite import GPTLiteForCausalLM
 from .common import (
     ConversionResult,
@@ -20,7 +21,7 @@ from .configs import from_gpt2_config, read_gpt2_config
 from .download import hub_snapshot
 from .storage import ConversionError, TensorSource, open_weights
 
-__all__ = ["from_hf", "open_hf_checkpoint"]
+__all__ = ["from_hf", "gpt2_state_dict_in_memory", "open_hf_checkpoint"]
 
 # Buffers older transformers versions saved with the weights (the causal mask and its fill value).
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
@@ -63,6 +64,27 @@ def open_hf_checkpoint(src: str | Path, cache_dir: str | Path | None = None) -> 
     return hub_snapshot(str(src), cache_dir=cache_dir)
 
 
+def _checked_checkpoint(folder: Path) -> tuple[GPTLiteConfig, _GPT2Checkpoint]:
+    """The gptlite config of a GPT-2 folder and its tensors, every one checked against the name table."""
+    gpt2_config = read_gpt2_config(folder / "config.json")
+    config = from_gpt2_config(gpt2_config, where=str(folder / "config.json"))
+    checkpoint = _GPT2Checkpoint(open_weights(folder))
+    found = checkpoint.shapes()
+
+    model = meta_model(GPTLiteForCausalLM, config, torch.float32)
+    expected = expected_gpt2_shapes(model)
+    hint = f"config.json ({config.n_layers} layers, emb_dim {config.emb_dim}, vocab {config.vocab_size})"
+    check_gpt2_source(found, expected, checkpoint.source.path, hint, checkpoint.file_name)
+    # With a tied head, a saved lm_head.weight is a copy of wte and is simply not used.
+    unexpected = sorted(set(found) - set(expected) - {"lm_head.weight"})
+    if unexpected:
+        raise ConversionError(
+            f"{checkpoint.source.path}: tensor {unexpected[0]} is not part of a GPT-2 language model "
+            f"({len(unexpected)} such tensors); gptlite has no place for it"
+        )
+    return config, checkpoint
+
+
 def from_hf(
     src: str | Path,
     out: str | Path,
@@ -84,22 +106,7 @@ def from_hf(
         ConversionError: for options gptlite cannot express, and missing or wrongly shaped tensors.
     """
     folder = open_hf_checkpoint(src, cache_dir)
-    gpt2_config = read_gpt2_config(folder / "config.json")
-    config = from_gpt2_config(gpt2_config, where=str(folder / "config.json"))
-    checkpoint = _GPT2Checkpoint(open_weights(folder))
-    found = checkpoint.shapes()
-
-    model = meta_model(GPTLiteForCausalLM, config, torch.float32)
-    expected = expected_gpt2_shapes(model)
-    hint = f"config.json ({config.n_layers} layers, emb_dim {config.emb_dim}, vocab {config.vocab_size})"
-    check_gpt2_source(found, expected, checkpoint.source.path, hint, checkpoint.file_name)
-    # With a tied head, a saved lm_head.weight is a copy of wte and is simply not used.
-    unexpected = sorted(set(found) - set(expected) - {"lm_head.weight"})
-    if unexpected:
-        raise ConversionError(
-            f"{checkpoint.source.path}: tensor {unexpected[0]} is not part of a GPT-2 language model "
-            f"({len(unexpected)} such tensors); gptlite has no place for it"
-        )
+    config, checkpoint = _checked_checkpoint(folder)
 
     out_dtype = parse_dtype(dtype, default=checkpoint.get("transformer.wte.weight").dtype)
     write_gptlite(out, config, out_dtype, gpt2_tensors_to_gptlite(config, checkpoint.get))
@@ -113,3 +120,18 @@ def from_hf(
         result.max_logit_diff = compare_to_gptlite(reference, out)
     return result
 
+
+
+def gpt2_state_dict_in_memory(
+    src: str | Path, cache_dir: str | Path | None = None
+) -> tuple[GPTLiteConfig, dict[str, torch.Tensor]]:
+    """What `from_hf` would write, without writing: the gptlite config and state dict of a GPT-2 checkpoint.
+
+    The same checks and the same name table as `from_hf`; tensors keep the checkpoint's dtype. A tied head
+    has no `out_head.weight` entry (it is the token embedding).
+
+    Raises:
+        ConversionError: for options gptlite cannot express, and missing or wrongly shaped tensors.
+    """
+    config, checkpoint = _checked_checkpoint(open_hf_checkpoint(src, cache_dir))
+    return config, dict(gpt2_tensors_to_gptlite(config, checkpoint.get))

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from gptlite.errors import fail
 from gptlite.training.config import TrainConfig, flag
 from gptlite.training.recipes import RECIPES, build_config, coerce, field_kind
 
@@ -91,9 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _exit_on_user_error(parser: argparse.ArgumentParser, err: Exception) -> None:
-    message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-    parser.exit(2, f"{parser.prog}: error: {message}\n")
+def _exit_on_user_error(parser: argparse.ArgumentParser, err: BaseException) -> None:
+    # One line; exit 2 for settings, paths and refusals, 1 for a broken file or a failing machine (gptlite.errors).
+    fail(parser.prog, err)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -154,7 +155,7 @@ def eval_main(argv: list[str] | None = None) -> None:
 
     try:
         result = evaluate_model(**args)
-    except (ValueError, KeyError, OSError) as err:
+    except (ValueError, KeyError, OSError, KeyboardInterrupt) as err:
         _exit_on_user_error(parser, err)
     from accelerate import PartialState
 

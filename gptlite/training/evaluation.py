@@ -117,13 +117,14 @@ def evaluate_model(
 
     ``split`` is ``"all"`` (every window of the corpus), or ``"train"`` / ``"validation"``: the two parts
     training makes with ``train_ratio`` (so ``validation`` scores a run on the text it held out). With
-    no ``data`` and no ``dataset``, the corpus is the built-in one. Runs on every process of an
-    ``accelerate launch``; the numbers are over all of them.
+    no ``data`` and no ``dataset``, the corpus is the built-in one. ``model`` is a gptlite folder, a plain
+    GPT-2 folder (converted in memory) or a Hub id (see :func:`gptlite.loading.load_model`). Runs on every
+    process of an ``accelerate launch``; the numbers are over all of them.
 
     Returns:
         ``{"loss", "perplexity", "tokens", "batches"}``.
     """
-    from gptlite.modeling_gptlite import GPTLiteForCausalLM
+    from gptlite.loading import load_model
     from gptlite.training.data import DataConfig, build_datasets
     from gptlite.training.loop import make_accelerator
 
@@ -134,7 +135,8 @@ def evaluate_model(
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     accelerator = make_accelerator(mixed_precision=mixed_precision)
-    lm = GPTLiteForCausalLM.from_pretrained(model, dtype=torch.float32).to(accelerator.device).eval()
+    quiet = None if accelerator.is_main_process else (lambda message: None)  # one notice, not one per process
+    lm = load_model(model, dtype=torch.float32, notice=quiet).to(accelerator.device).eval()
     length = context_length or lm.config.context_length
     if length > lm.config.context_length:
         raise ValueError(f"--context-length {length} exceeds the model's context_length {lm.config.context_length}")

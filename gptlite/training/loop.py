@@ -141,11 +141,12 @@ def build_model(config: TrainConfig):
         model = GPTLiteForCausalLM(config.model_config())
         model.set_attn_implementation(config.attn_implementation)
         return model
-    model = GPTLiteForCausalLM.from_pretrained(
+    from gptlite.loading import load_model
+
+    model = load_model(
         config.init_from,
         dtype=torch.float32,
-        drop_rate=config.drop_rate,
-        fast_dropout=config.fast_dropout,
+        overrides={"drop_rate": config.drop_rate, "fast_dropout": config.fast_dropout},
         attn_implementation=config.attn_implementation,
     )
     if config.context_length > model.config.context_length:

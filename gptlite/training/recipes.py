@@ -169,6 +169,41 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     return values
 
 
+def _init_from_architecture(merged: dict[str, Any], level: dict[str, int]) -> dict[str, Any]:
+    """``--init-from`` fixes the architecture as a preset does: the source model's.
+
+    A value set in the ``--config`` file or by a flag (a recipe's sizes are only defaults) that contradicts
+    the source is refused, naming the flag and both values. The window length may be shorter than the
+    source's context, never longer; unset, it is capped at the source's.
+    """
+    from gptlite.errors import UsageError
+    from gptlite.loading import model_folder, read_model_config
+
+    source = merged["init_from"]
+    _, config = read_model_config(model_folder(source))
+    fixed = {key: getattr(config, key) for key in ARCHITECTURE_FIELDS}
+    preset_given = merged.get("preset") is not None and level.get("preset", 0) >= 2
+    for key in ARCHITECTURE_FIELDS:
+        if merged.get(key, fixed[key]) == fixed[key] or (level.get(key, 0) < 2 and not preset_given):
+            continue
+        if level.get(key, 0) >= 2:
+            given = f"{flag(key)} {merged[key]}"
+        else:  # the preset's value
+            given = f"--preset {merged['preset']} ({key} {merged[key]})"
+        raise UsageError(
+            f"{given} contradicts --init-from {source}, which has {key} {fixed[key]}; drop it to train the "
+            "source's architecture"
+        )
+    length = merged.get("context_length", TrainConfig.context_length)
+    if length > config.context_length:
+        if level.get("context_length", 0) >= 2:
+            raise UsageError(
+                f"--context-length {length} exceeds the context_length {config.context_length} of --init-from {source}"
+            )
+        length = config.context_length
+    return {**fixed, "context_length": length, "preset": None}
+
+
 def _preset_architecture(preset: str) -> dict[str, Any]:
     from gptlite.configuration_gptlite import GPTLiteConfig
 
@@ -217,4 +252,6 @@ def build_config(
             given = ", ".join(f"{flag(k)} {merged[k]}" for k in clash)
             raise ValueError(f"--preset {merged['preset']} fixes the architecture; drop {given} or the preset")
         merged |= fixed  # so the resolved settings (and train_config.json) show the real model
+    if merged.get("init_from") is not None:
+        merged |= _init_from_architecture(merged, level)
     return TrainConfig(**merged)

@@ -22,6 +22,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from gptlite.errors import InputFileError
+from gptlite.training.file_errors import find_table_error, locate_table_error, read_utf8_text, text_value_error
+
 __all__ = [
     "TABLE_FORMATS",
     "TEXT_SUFFIXES",
@@ -108,9 +111,8 @@ def resolve_files(specs: Sequence[str | os.PathLike[str]]) -> list[Path]:
 
 
 def read_text_file(path: Path) -> str:
-    # Text mode, as the book does: universal newlines turn "\r\n" into "\n".
-    with open(path, encoding="utf-8") as f:
-        return f.read()
+    # Text mode, as the book does: universal newlines turn "\r\n" into "\n". Not UTF-8: an error naming the byte.
+    return read_utf8_text(path)
 
 
 def _missing_column_error(path: Path | str, column: str, columns: Sequence[str] | None) -> KeyError:
@@ -186,8 +188,11 @@ class TextSource:
             if run:
                 parts.append(datasets.Dataset.from_dict({"path": run}))
                 run = []
-            ds = datasets.load_dataset(fmt, data_files=[str(path)], split="train", cache_dir=self.hf_cache_dir)
-            parts.append(self._select_text(ds, path))
+            try:
+                ds = datasets.load_dataset(fmt, data_files=[str(path)], split="train", cache_dir=self.hf_cache_dir)
+            except (datasets.exceptions.DatasetGenerationError, ValueError) as err:  # not OSError: missing, disk
+                raise locate_table_error(path, fmt, self.text_column, err) from None
+            parts.append(_checked_text(self._select_text(ds, path), path, fmt, self.text_column))
         if run:
             parts.append(datasets.Dataset.from_dict({"path": run}))
         return parts
@@ -218,21 +223,55 @@ class TextSource:
         elif not self.files:
             yield from default_corpus()
         else:
-            import datasets
-
             for path in self.files:
                 fmt = TABLE_FORMATS.get(path.suffix.lower())
                 if fmt is None:
                     yield read_text_file(path)
                 else:
-                    ds = datasets.load_dataset(fmt, data_files=[str(path)], split="train", streaming=True)
-                    yield from self._iter_rows(ds, path)
+                    yield from self._iter_file_rows(path, fmt)
+
+    def _iter_file_rows(self, path: Path, fmt: str) -> Iterator[str]:
+        import datasets
+
+        try:
+            ds = datasets.load_dataset(fmt, data_files=[str(path)], split="train", streaming=True)
+            yield from self._iter_rows(ds, path)
+        except (datasets.exceptions.DatasetGenerationError, ValueError) as err:  # found while streaming
+            raise locate_table_error(path, fmt, self.text_column, err) from None
 
     def _iter_rows(self, ds, where) -> Iterator[str]:
-        for row in ds:
+        for i, row in enumerate(ds):
             if self.text_column not in row:
                 raise _missing_column_error(where, self.text_column, list(row))
-            yield row[self.text_column] or ""
+            text = row[self.text_column]
+            if text is not None and not isinstance(text, str):
+                raise text_value_error(f"{where}, row {i}", self.text_column, text)
+            yield text or ""
+
+
+def _checked_text(ds, path: Path, fmt: str, column: str):
+    """`ds` (its text column renamed ``text``) if every document is a string of valid UTF-8; else the error
+    naming the file and the first bad line or row (datasets keeps numbers as numbers, and keeps bytes that
+    are not UTF-8 until Python decodes them, mid-tokenization)."""
+    import datasets
+    import pyarrow as pa
+
+    feature = ds.features["text"]
+    if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
+        try:
+            for chunk in ds.data.column("text").chunks:
+                chunk.validate(full=True)  # checks UTF-8, at Arrow's speed
+        except pa.ArrowInvalid as err:
+            raise locate_table_error(path, fmt, column, err) from None
+        return ds
+    found = find_table_error(path, fmt, column)  # JSON: the line; any table: bytes that are not UTF-8
+    if found is not None:
+        raise found
+    for i, text in enumerate(ds["text"]):
+        if text is not None and not isinstance(text, str):
+            # CSV: line 1 is the header (a quoted field spanning lines would shift this count).
+            raise text_value_error(f"{path}, line {i + 2}" if fmt == "csv" else f"{path}, row {i}", column, text)
+    raise InputFileError(f"{path}: column {column!r} has type {feature}, not text")
 
 
 def single_document(parts) -> str | None:

@@ -8,10 +8,20 @@ from importlib.metadata import entry_points
 
 import pytest
 import torch
-from trainkit import config_flags, run, subprocess_env, tiny_config, train_command, write_corpus
+from trainkit import (
+    config_flags,
+    max_abs_difference,
+    run,
+    subprocess_env,
+    tiny_config,
+    train_command,
+    weights,
+    write_corpus,
+)
 
 from gptlite.generation import main as generate_main
 from gptlite.training.cli import eval_main, main
+from gptlite.training.config import ARCHITECTURE_FIELDS
 from gptlite.training.recipes import build_config
 
 
@@ -150,3 +160,207 @@ def test_module_cli_trains_with_trackers_then_eval_and_generate_use_the_result(t
     with pytest.raises(SystemExit) as exit_info:
         eval_main([str(tmp_path / "no-model"), "--data", str(corpus)])
     assert exit_info.value.code == 2 and "gptlite-eval: error:" in capsys.readouterr().err
+
+
+# -- model folders for gptlite-eval and --init-from; one line and the exit status for every bad input -------------
+
+
+def exit_of(capsys, command, argv) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of an in-process command, asserting that no traceback was printed."""
+    try:
+        command(list(argv))
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+def error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if ": error: " in line]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.fixture
+def gpt2_folder(tmp_path):
+    """A GPT2LMHeadModel over GPT-2's vocabulary, every weight random (std 0.3): its loss is far from a fresh init's."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(3)
+    model = GPT2LMHeadModel(GPT2Config(n_positions=32, n_embd=32, n_layer=2, n_head=2)).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0.0, 0.3)
+    model.save_pretrained(tmp_path / "gpt2")
+    return tmp_path / "gpt2", model
+
+
+def source_architecture_flags(config) -> list[str]:
+    """The flags of `config` without its architecture flags: with --init-from, the source's architecture applies."""
+    flags, skipping = [], False
+    for item in config_flags(config):
+        if item.startswith("--"):
+            skipping = item.removeprefix("--no-").removeprefix("--").replace("-", "_") in ARCHITECTURE_FIELDS
+        if not skipping:
+            flags.append(item)
+    return flags
+
+
+def gpt2_loss(model, corpus, tmp_path) -> float:
+    """transformers' GPT-2 mean loss over the corpus's 32-token windows (what gptlite-eval must report)."""
+    from gptlite.training.data import DataConfig, build_datasets
+
+    windows, _ = build_datasets(DataConfig(data=[str(corpus)], context_length=32, train_ratio=1.0,
+                                           cache_dir=str(tmp_path / "gpt2-cache")), shuffle=False)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for input_ids, target_ids in torch.utils.data.DataLoader(windows, batch_size=8):
+            logits = model(input_ids).logits.double()
+            total += torch.nn.functional.cross_entropy(logits.flatten(0, 1), target_ids.flatten(), reduction="sum")
+            count += target_ids.numel()
+    return float(total / count)
+
+
+def test_eval_scores_the_real_weights_of_a_plain_gpt2_folder(tmp_path, gpt2_folder, capsys):
+    folder, model = gpt2_folder
+    corpus = write_corpus(tmp_path / "corpus.txt", n_words=400)
+    code, out, err = exit_of(capsys, eval_main, [str(folder), "--data", str(corpus), "--cache-dir",
+                                                 str(tmp_path / "cache"), "--json"])
+    assert code == 0 and f"{folder} is a GPT-2 folder (model_type gpt2): converted to gptlite in memory" in err
+    assert json.loads(out)["loss"] == pytest.approx(gpt2_loss(model, corpus, tmp_path), abs=1e-4)
+
+
+def broken_model(tmp_path, how: str):
+    """A small gptlite folder with one defect: truncated weights, a wrongly shaped tensor, or a foreign model_type."""
+    from safetensors.torch import load_file, save_file
+
+    from gptlite import GPTLiteConfig, GPTLiteForCausalLM
+
+    folder = tmp_path / how
+    GPTLiteForCausalLM(GPTLiteConfig(context_length=32, emb_dim=32, n_heads=2, n_layers=2)).save_pretrained(folder)
+    weights = folder / "model.safetensors"
+    if how == "truncated":
+        weights.write_bytes(weights.read_bytes()[:-64])
+    elif how == "shape":
+        tensors = load_file(weights)
+        tensors["trf_blocks.1.ff.layers.0.weight"] = torch.zeros(100, 32)
+        save_file(tensors, weights, metadata={"format": "pt"})
+    else:
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps(config | {"model_type": how}))
+    return folder
+
+
+MODEL_DEFECTS = {
+    "truncated": (1, "truncated/model.safetensors: not a readable safetensors file"),
+    "shape": (1, "tensor trf_blocks.1.ff.layers.0.weight has shape [100, 32], but"),
+    "llama": (2, "config.json: model_type is 'llama'"),
+}
+
+
+@pytest.mark.parametrize("how", list(MODEL_DEFECTS))
+def test_eval_names_the_broken_model_file(tmp_path, capsys, how):
+    status, message = MODEL_DEFECTS[how]
+    corpus = write_corpus(tmp_path / "corpus.txt", n_words=400)
+    code, _, err = exit_of(capsys, eval_main, [str(broken_model(tmp_path, how)), "--data", str(corpus)])
+    assert code == status and message in error_line(err) and "gptlite-eval: error:" in error_line(err)
+
+
+def test_eval_missing_model_is_neither_a_folder_nor_on_the_hub(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    corpus = write_corpus(tmp_path / "corpus.txt", n_words=400)
+    for name in (str(tmp_path / "nothing-here"), "no-such-hub-model"):
+        code, _, err = exit_of(capsys, eval_main, [name, "--data", str(corpus)])
+        assert code == 2 and f"{name} is neither a folder nor reachable on the Hub" in error_line(err)
+
+
+def test_eval_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
+    import gptlite.training.evaluation as evaluation
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation, "loss_sums", interrupted)
+    folder = tmp_path / "lite"
+    from gptlite import GPTLiteConfig, GPTLiteForCausalLM
+
+    GPTLiteForCausalLM(GPTLiteConfig(context_length=32, emb_dim=32, n_heads=2, n_layers=2)).save_pretrained(folder)
+    corpus = write_corpus(tmp_path / "corpus.txt", n_words=400)
+    code, _, err = exit_of(capsys, eval_main, [str(folder), "--data", str(corpus), "--cache-dir", str(tmp_path / "c")])
+    assert code == 130 and "gptlite-eval: error: interrupted (Ctrl-C)" in error_line(err)
+
+
+def test_init_from_a_gpt2_folder_trains_its_real_weights(tmp_path, gpt2_folder, capsys):
+    folder, model = gpt2_folder
+    corpus = write_corpus(tmp_path / "corpus.txt", n_words=1200)
+    config = tiny_config(tmp_path, corpus, init_from=str(folder), max_steps=1, peak_lr=1e-9, initial_lr=1e-9,
+                         min_lr=1e-9, eval_freq=1, train_ratio=0.5)
+    flags = source_architecture_flags(config)
+    resolved = printed_config(capsys, *flags)  # --init-from fixes the architecture like a preset
+    assert (resolved["emb_dim"], resolved["n_layers"], resolved["qkv_bias"], resolved["tie_word_embeddings"]) == (
+        32, 2, True, True)
+    code, out, err = exit_of(capsys, main, flags)
+    assert code == 0 and f"{folder} is a GPT-2 folder (model_type gpt2): converted to gptlite in memory" in err
+    # One step at lr 1e-9 moves no weight by more than ~1e-9: the run holds GPT-2's weights, under gptlite's names.
+    from gptlite.loading import load_model
+
+    source = load_model(folder, notice=lambda line: None).state_dict()
+    trained = weights(tmp_path / "run")
+    assert max_abs_difference(trained, {name: source[name] for name in trained}) < 1e-6
+    code, out, _ = exit_of(capsys, eval_main, [str(tmp_path / "run"), "--data", str(corpus), "--cache-dir",
+                                                str(tmp_path / "cache"), "--json"])
+    assert json.loads(out)["loss"] == pytest.approx(gpt2_loss(model, corpus, tmp_path), abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--n-layers", "4"], "--n-layers 4 contradicts --init-from {src}, which has n_layers 2"),
+        (["--emb-dim", "64"], "--emb-dim 64 contradicts --init-from {src}, which has emb_dim 32"),
+        (["--n-heads", "4"], "--n-heads 4 contradicts --init-from {src}, which has n_heads 2"),
+        (["--no-qkv-bias"], "--qkv-bias False contradicts --init-from {src}, which has qkv_bias True"),
+        (["--preset", "gpt2-small"], "--preset gpt2-small (emb_dim 768) contradicts --init-from {src}, which has "
+                                     "emb_dim 32"),
+        (["--context-length", "64"], "--context-length 64 exceeds the context_length 32 of --init-from {src}"),
+    ],
+    ids=["n-layers", "emb-dim", "n-heads", "qkv-bias", "preset", "context-length"],
+)
+def test_init_from_refuses_flags_that_contradict_the_source(gpt2_folder, capsys, flags, message):
+    folder, _ = gpt2_folder
+    code, _, err = exit_of(capsys, main, ["--init-from", str(folder), *flags, "--print-config"])
+    assert code == 2 and message.format(src=folder) in error_line(err)
+
+
+def test_init_from_accepts_flags_that_agree_and_recipe_sizes(gpt2_folder, capsys):
+    folder, _ = gpt2_folder
+    resolved = printed_config(capsys, "--init-from", str(folder), "--n-layers", "2", "--recipe", "book-appendix-d")
+    assert (resolved["emb_dim"], resolved["n_layers"], resolved["context_length"]) == (32, 2, 32)
+
+
+@pytest.mark.parametrize("how", list(MODEL_DEFECTS))
+def test_init_from_a_broken_model_is_one_line(tmp_path, capsys, how):
+    status, message = MODEL_DEFECTS[how]
+    corpus = write_corpus(tmp_path / "corpus.txt", n_words=1200)
+    config = tiny_config(tmp_path, corpus, init_from=str(broken_model(tmp_path, how)), max_steps=1)
+    code, _, err = exit_of(capsys, main, source_architecture_flags(config))
+    assert code == status and message in error_line(err) and "gptlite-train: error:" in error_line(err)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "status", "message"),
+    [
+        ("bad.jsonl", b'{"text": "a"}\n{"text": \n', 1, "bad.jsonl, line 2: not valid JSON"),
+        ("num.jsonl", b'{"text": "a"}\n{"text": 7}\n', 1, "num.jsonl, line 2: column 'text' holds 7 (a number)"),
+        ("latin1.txt", b"caf\xe9\n" * 300, 1, "latin1.txt: not UTF-8 text: byte 0xe9 at byte offset 3 (line 1)"),
+        ("missing.txt", None, 2, "missing.txt does not exist"),
+    ],
+    ids=["malformed-jsonl", "number-text", "not-utf8", "missing"],
+)
+def test_train_names_the_broken_data_file_and_exits_1_or_2(tmp_path, capsys, name, content, status, message):
+    if content is not None:
+        (tmp_path / name).write_bytes(content)
+    code, _, err = exit_of(capsys, main, config_flags(tiny_config(tmp_path, tmp_path / name)))
+    assert code == status and message in error_line(err)

@@ -365,3 +365,53 @@ def test_config_validation():
         DataConfig(data=["a.txt"], dataset="wikitext")
     assert DataConfig(data="a.txt").data == ["a.txt"]
     assert DataConfig(context_length=8).window_stride == 8
+
+
+# -- broken data files: one line naming the file and the line or byte ---------------------------------------------
+
+BROKEN_FILES = {
+    "malformed-json-line": ("bad.jsonl", b'{"text": "one"}\n{"text": "two"\n{"text": "three"}\n',
+                            "bad.jsonl, line 2: not valid JSON (column 1: Expecting ',' delimiter)"),
+    "text-is-a-number": ("num.jsonl", b'{"text": "one"}\n\n{"text": 42}\n',
+                         "num.jsonl, line 3: column 'text' holds 42 (a number), not a string"),
+    "every-text-a-number": ("nums.jsonl", b'{"text": 41}\n{"text": 42}\n',
+                            "nums.jsonl, line 1: column 'text' holds 41 (a number), not a string"),
+    "text-is-a-list": ("list.jsonl", b'{"text": "one"}\n{"text": [1, 2]}\n',
+                       "list.jsonl, line 2: column 'text' holds [1, 2] (a list), not a string"),
+    "csv-number": ("num.csv", b"text\n12\n13\n", "num.csv, line 2: column 'text' holds 12 (a number), not a string"),
+    "latin-1-text": ("latin1.txt", b"fine line\ncaf\xe9 au lait\n",
+                     "latin1.txt: not UTF-8 text: byte 0xe9 at byte offset 13 (line 2)"),
+    "latin-1-jsonl": ("latin1.jsonl", b'{"text": "fine"}\n{"text": "caf\xe9"}\n',
+                      "latin1.jsonl: not UTF-8 text: byte 0xe9 at byte offset 30 (line 2)"),
+}
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["map", "streaming"])
+@pytest.mark.parametrize("case", list(BROKEN_FILES))
+def test_a_broken_data_file_is_one_error_naming_file_and_place(tmp_path, case, streaming):
+    from gptlite.errors import InputFileError
+
+    name, content, message = BROKEN_FILES[case]
+    if streaming and case == "csv-number":  # a streamed CSV row has an index, not a line number
+        message = "num.csv, row 0: column 'text' holds 12 (a number), not a string"
+    (tmp_path / name).write_bytes(content)
+    config = DataConfig(data=[str(tmp_path / name)], context_length=2, train_ratio=1.0, streaming=streaming,
+                        cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(InputFileError) as err:
+        train_ds, _ = build_datasets(config)
+        list(train_ds)  # streaming reads as it goes
+    assert str(err.value).startswith(str(tmp_path / name)) and message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_not_utf8_offsets_are_exact_across_read_chunks(tmp_path, monkeypatch):
+    import gptlite.training.file_errors as file_errors
+
+    monkeypatch.setattr(file_errors, "_CHUNK", 5)  # multi-byte characters straddle chunk boundaries
+    data = "aé\nbcdé€\n".encode() + b"x\xff"
+    (tmp_path / "t.txt").write_bytes(data)
+    error = file_errors.utf8_error(tmp_path / "t.txt")
+    offset = data.index(b"\xff")  # 14: "é" and "€" are 2 and 3 bytes
+    assert f"byte 0xff at byte offset {offset} (line 3)" in str(error) and offset == 14
+    (tmp_path / "ok.txt").write_bytes("é€".encode() * 7)
+    assert file_errors.utf8_error(tmp_path / "ok.txt") is None
