@@ -1,4 +1,4 @@
-"""What differs between the transformers versions that gptlite's remote code runs on (4.56 through 5.x).
+"""What differs between the transformers versions that gptlite's remote code runs on (4.54 through 5.x).
 
 This file travels to the Hub with `modeling_gptlite.py` and `configuration_gptlite.py`: whoever downloads a gptlite
 model runs it with their own transformers, often a 4.x pinned by a serving or export stack. Everything
@@ -14,12 +14,13 @@ import re
 
 import torch
 import transformers
+from transformers.cache_utils import DynamicCache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS as _ATTENTION_FUNCTIONS
 
-# The oldest transformers this code runs on (measured: 4.55 lacks the layered caches that DynamicCache(config=...)
-# and the masks of 4.56 rely on; see tests/test_transformers_versions.py).
-MIN_TRANSFORMERS = (4, 56)
+# The oldest transformers this code runs on, measured by tests/test_transformers_versions.py: 4.53 has no output
+# recording hooks (OutputRecorder, check_model_inputs) yet.
+MIN_TRANSFORMERS = (4, 54)
 
 
 def _version_tuple(version: str) -> tuple[int, int]:
@@ -37,6 +38,8 @@ _MASK_PARAMETERS = inspect.signature(create_causal_mask).parameters
 # transformers 5.24 renamed the key/value cache from `past_key_values` to `cache` (forward keyword, output field,
 # mask argument); older versions only know `past_key_values`.
 CACHE_NAME = "cache" if "cache" in _MASK_PARAMETERS else "past_key_values"
+
+_CACHE_TAKES_CONFIG = "config" in inspect.signature(DynamicCache.__init__).parameters
 
 try:  # transformers >= 5.0
     from transformers.utils.output_capturing import OutputRecorder, capture_outputs
@@ -58,6 +61,13 @@ try:  # transformers >= 5.0: initialisers that from_pretrained knows not to re-r
     from transformers import initialization as init
 except ImportError:
     from torch.nn import init
+
+
+def dynamic_cache(config) -> DynamicCache:
+    """An empty DynamicCache (given the config from 4.56 on, which sizes its layers from it)."""
+    if _CACHE_TAKES_CONFIG:
+        return DynamicCache(config=config)
+    return DynamicCache()
 
 
 def causal_mask(config, inputs_embeds, attention_mask, cache, position_ids):
@@ -121,6 +131,7 @@ __all__ = [
     "cache_of",
     "capture_outputs",
     "causal_mask",
+    "dynamic_cache",
     "init",
     "tied_weights",
     "with_cache",

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import Cache
 from transformers.generation import GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
@@ -34,6 +34,7 @@ from .compat import (
     cache_of,
     capture_outputs,
     causal_mask,
+    dynamic_cache,
     init,
     tied_weights,
     with_cache,
@@ -297,7 +298,7 @@ class GPTLiteModel(GPTLitePreTrainedModel):
         if self.gradient_checkpointing and self.training:
             use_cache = False  # recomputed blocks would append to the cache twice
         if use_cache and cache is None:
-            cache = DynamicCache(config=self.config)
+            cache = dynamic_cache(self.config)
 
         seq_len = (input_ids if input_ids is not None else inputs_embeds).shape[1]
         past_len = cache.get_seq_length() if cache is not None else 0
