@@ -14,9 +14,6 @@ import re
 
 import torch
 import transformers
-from transformers.cache_utils import DynamicCache
-from transformers.masking_utils import create_causal_mask
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS as _ATTENTION_FUNCTIONS
 
 # The oldest transformers this code runs on, measured by tests/test_transformers_versions.py: 4.53 has no output
 # recording hooks (OutputRecorder, check_model_inputs) yet.
@@ -33,6 +30,11 @@ if _version_tuple(transformers.__version__) < MIN_TRANSFORMERS:
         f"gptlite models need transformers >= {'.'.join(map(str, MIN_TRANSFORMERS))} "
         f"(this is {transformers.__version__}): pip install -U 'transformers>={'.'.join(map(str, MIN_TRANSFORMERS))}'"
     )
+
+# Imported after the version check: on an older transformers some of these modules do not exist.
+from transformers.cache_utils import DynamicCache  # noqa: E402
+from transformers.masking_utils import create_causal_mask  # noqa: E402
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS as _ATTENTION_FUNCTIONS  # noqa: E402
 
 _MASK_PARAMETERS = inspect.signature(create_causal_mask).parameters
 # transformers 5.24 renamed the key/value cache from `past_key_values` to `cache` (forward keyword, output field,
