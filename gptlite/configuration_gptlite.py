@@ -1,13 +1,17 @@
 """Configuration of gptlite: the book's `GPT_CONFIG_124M` keys as a Hugging Face config.
 
-This file travels to the Hub as remote code next to `modeling_gptlite.py`: it imports only
-transformers and huggingface_hub (which transformers itself depends on).
+This file travels to the Hub as remote code next to `modeling_gptlite.py`: it imports only transformers and its
+sibling `compat.py`. It is written with an `__init__` (not as a 5.x dataclass) so that transformers 4.x loads it
+too, and checks every field's type itself: a JSON `"false"` must not become a truthy string.
 """
 
 from __future__ import annotations
 
-from huggingface_hub.dataclasses import strict
+import os
+
 from transformers import PretrainedConfig
+
+from .compat import MIN_TRANSFORMERS  # noqa: F401  (importing compat refuses a too-old transformers in one line)
 
 # The book's `model_configs` (chapter 5): OpenAI's four GPT-2 sizes. They all use a 1024-token
 # context, biases on the query/key/value projections and an output head tied to the embedding.
@@ -25,9 +29,49 @@ _PRESET_ALIASES = {
     "1558M": "gpt2-xl",
 }
 _INITIALIZERS = ("gpt2", "book")
+_POSITIVE_INTS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers")
+_NUMBERS = ("drop_rate", "layer_norm_eps", "initializer_range")
+_BOOLS = ("qkv_bias", "fast_dropout", "use_cache", "tie_word_embeddings")
+_TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
 
-@strict(accept_kwargs=True)
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_types(fields: dict) -> None:
+    """Refuse a value of the wrong type, naming the field and the value (JSON strings are not numbers or bools)."""
+
+    def refuse(name: str, expected: str) -> None:
+        raise ValueError(f"GPTLiteConfig.{name} must be {expected}, got {fields[name]!r}")
+
+    for name in _POSITIVE_INTS:
+        if not _is_int(fields[name]) or fields[name] <= 0:
+            refuse(name, "a positive integer")
+    for name in _NUMBERS:
+        if not (_is_int(fields[name]) or isinstance(fields[name], float)):
+            refuse(name, "a number")
+    for name in _BOOLS:
+        if not isinstance(fields[name], bool):
+            refuse(name, "true or false")
+    if not isinstance(fields["initializer"], str):
+        refuse("initializer", f"one of {_INITIALIZERS}")
+    for name in _TOKEN_IDS:
+        value = fields[name]
+        ids = value if name == "eos_token_id" and isinstance(value, (list, tuple)) else [value]
+        if value is not None and not all(_is_int(i) and i >= 0 for i in ids):
+            refuse(name, "a token id (a non-negative integer), a list of them or null")
+
+
+def _naming_the_file(error: ValueError, source) -> ValueError:
+    source = str(source)
+    if os.path.isdir(source):
+        source = os.path.join(source, "config.json")
+    elif not source.endswith(".json"):
+        source = f"config.json of {source}"
+    return ValueError(f"{source}: {error}")
+
+
 class GPTLiteConfig(PretrainedConfig):
     """Configuration of a gptlite model, with the field names of the book's `GPT_CONFIG_124M`.
 
@@ -49,7 +93,8 @@ class GPTLiteConfig(PretrainedConfig):
             `"book"` (PyTorch's default init, exactly as the book's `GPTModel` draws it).
         fast_dropout: On CPU, draw dropout masks from 15-bit random numbers, four per 64-bit draw, about 4x
             faster than torch's `F.dropout`; the probability is rounded to a multiple of 2^-15. False uses
-            `F.dropout`, whose random draws the book's code makes (book-exact training needs them).
+            `F.dropout`, whose random draws the book's code makes (book-exact training needs them). Off by default,
+            so a published model drops out as torch does; gptlite's training settings turn it on.
         tie_word_embeddings: Share the output head with the token embedding (GPT-2 does, the book does not).
         use_cache: Whether `forward` returns a key/value cache by default.
     """
@@ -64,29 +109,70 @@ class GPTLiteConfig(PretrainedConfig):
         "n_positions": "context_length",
     }
 
-    vocab_size: int = 50257
-    context_length: int = 256
-    emb_dim: int = 768
-    n_heads: int = 12
-    n_layers: int = 12
-    # `float | int`: the book writes `drop_rate: 0.0`, but users also write 0.
-    drop_rate: float | int = 0.1
-    qkv_bias: bool = False
-    layer_norm_eps: float = 1e-5
-    initializer_range: float = 0.02
-    initializer: str = "gpt2"
-    fast_dropout: bool = True
-    use_cache: bool = True
-    tie_word_embeddings: bool = False
-    bos_token_id: int | None = 50256
-    eos_token_id: int | list[int] | None = 50256
-    pad_token_id: int | None = None
-
-    def __post_init__(self, **kwargs):
-        # Validate here as well as in `validate_architecture` so that a bad value raises a plain
-        # ValueError, not huggingface_hub's wrapper exception.
+    def __init__(
+        self,
+        vocab_size: int = 50257,
+        context_length: int = 256,
+        emb_dim: int = 768,
+        n_heads: int = 12,
+        n_layers: int = 12,
+        drop_rate: float = 0.1,
+        qkv_bias: bool = False,
+        layer_norm_eps: float = 1e-5,
+        initializer_range: float = 0.02,
+        initializer: str = "gpt2",
+        fast_dropout: bool = False,
+        use_cache: bool = True,
+        tie_word_embeddings: bool = False,
+        bos_token_id: int | None = 50256,
+        eos_token_id: int | list[int] | None = 50256,
+        pad_token_id: int | None = None,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.context_length = context_length
+        self.emb_dim = emb_dim
+        self.n_heads = n_heads
+        self.n_layers = n_layers
+        self.drop_rate = drop_rate
+        self.qkv_bias = qkv_bias
+        self.layer_norm_eps = layer_norm_eps
+        self.initializer_range = initializer_range
+        self.initializer = initializer
+        self.fast_dropout = fast_dropout
+        self.use_cache = use_cache
+        _check_types(
+            {"tie_word_embeddings": tie_word_embeddings, "bos_token_id": bos_token_id,
+             "eos_token_id": eos_token_id, "pad_token_id": pad_token_id, **vars(self)}
+        )
         self.validate_architecture()
-        super().__post_init__(**kwargs)
+        super().__init__(
+            tie_word_embeddings=tie_word_embeddings,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            **kwargs,
+        )
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs) -> GPTLiteConfig:
+        """`PretrainedConfig.from_dict`; a bad field read by AutoConfig (which passes `name_or_path`) names the file."""
+        try:
+            return super().from_dict(config_dict, **kwargs)
+        except ValueError as error:
+            if kwargs.get("name_or_path") is None:
+                raise
+            raise _naming_the_file(error, kwargs["name_or_path"]) from None
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> GPTLiteConfig:
+        """`PretrainedConfig.from_pretrained`; a bad field names the config file."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except ValueError as error:
+            if str(error).startswith("GPTLiteConfig."):
+                raise _naming_the_file(error, pretrained_model_name_or_path) from None
+            raise
 
     def validate_architecture(self) -> None:
         """Reject impossible shapes, naming the field and its value."""

@@ -21,9 +21,9 @@ metadata is updated: gptlite's tags are added, a missing licence is filled in, a
 `folder`. ``write_model_card(folder)`` writes the same README into a local folder saved with ``save_pretrained``.
 
 How the hook works: transformers' ``push_to_hub`` saves into a folder, writes its own README there, then calls
-``_upload_modified_files(folder, ...)``. ``GPTLitePreTrainedModel`` overrides that method to call its
-``_hub_folder_hook`` first, and this module sets the hook. The model file needs no import beyond torch and
-transformers, and a model loaded as remote code (without gptlite) pushes exactly as transformers does.
+``_upload_modified_files(folder, ...)``. Importing this module wraps that method of ``GPTLitePreTrainedModel`` so
+that it completes the folder first. The model file knows nothing of it, and a model loaded as remote code (without
+gptlite) pushes exactly as transformers does.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from transformers import PreTrainedModel
 
 from .configuration_gptlite import GPTLiteConfig
 from .modeling_gptlite import GPTLitePreTrainedModel
@@ -341,7 +342,7 @@ def _metrics_for(model: GPTLitePreTrainedModel, folder: Path, options: Mapping[s
 
 
 def _complete_hub_folder(model: GPTLitePreTrainedModel, folder: str, repo_id: str) -> None:
-    """Installed as `GPTLitePreTrainedModel._hub_folder_hook`: runs inside push_to_hub before the upload."""
+    """Runs inside push_to_hub before the upload: adds the tokenizer and gptlite's model card to `folder`."""
     options = _PUSH_OPTIONS.get() or {}
     folder = Path(folder)
     _write_tokenizer(folder, model.config, options.get("tokenizer"))
@@ -357,7 +358,13 @@ def _complete_hub_folder(model: GPTLitePreTrainedModel, folder: str, repo_id: st
     )
 
 
-GPTLitePreTrainedModel._hub_folder_hook = _complete_hub_folder
+def _upload_modified_files(self, working_dir, repo_id, *args, **kwargs):
+    # push_to_hub has written the weights and README.md to `working_dir`; complete the folder, then upload it.
+    _complete_hub_folder(self, working_dir, repo_id)
+    return PreTrainedModel._upload_modified_files(self, working_dir, repo_id, *args, **kwargs)
+
+
+GPTLitePreTrainedModel._upload_modified_files = _upload_modified_files
 
 
 def push_to_hub(

@@ -123,11 +123,11 @@ def read_model_config(folder: str | os.PathLike[str]) -> tuple[str, GPTLiteConfi
 
 
 def _check_gptlite_weights(folder: Path, config: GPTLiteConfig) -> None:
-    from .conversion.common import check_gptlite_source
+    from .conversion.common import book_named, check_gptlite_source
     from .conversion.storage import ConversionError, open_weights
 
-    try:
-        check_gptlite_source(config, open_weights(folder), described_by=str(folder / "config.json"))
+    try:  # the check speaks the book's names, whether the folder's trunk is under `model.` or not
+        check_gptlite_source(config, book_named(open_weights(folder)), described_by=str(folder / "config.json"))
     except FileNotFoundError as err:  # a config without weights
         raise InputFileError(one_line(err)) from None
     except ConversionError as err:  # unreadable file, missing/extra tensor, wrong shape: the message names it

@@ -19,6 +19,11 @@ def randomize_(model: torch.nn.Module) -> None:
             param.normal_(0.0, 0.3)
 
 
+def book_state_dict(model: GPTLiteForCausalLM) -> dict[str, torch.Tensor]:
+    """The model's state dict under the book's GPTModel names (the trunk is `model.` inside gptlite)."""
+    return {name.removeprefix("model."): tensor for name, tensor in model.state_dict().items()}
+
+
 def to_gpt2(model: GPTLiteForCausalLM) -> GPT2LMHeadModel:
     """Copy gptlite weights into transformers' GPT-2, written out independently of gptlite.conversion."""
     c = model.config
@@ -35,7 +40,7 @@ def to_gpt2(model: GPTLiteForCausalLM) -> GPT2LMHeadModel:
             tie_word_embeddings=c.tie_word_embeddings,
         )
     ).eval()
-    src = model.state_dict()
+    src = book_state_dict(model)
     dst = {
         "transformer.wte.weight": src["tok_emb.weight"],
         "transformer.wpe.weight": src["pos_emb.weight"],

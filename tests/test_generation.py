@@ -61,7 +61,7 @@ def test_generation_with_cache_equals_without(pair):
 def test_each_generation_step_processes_one_new_token(pair):
     model, _ = pair
     seen = []
-    handle = model.tok_emb.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[1]))
+    handle = model.get_input_embeddings().register_forward_hook(lambda module, args, out: seen.append(args[0].shape[1]))
     try:
         model.generate(torch.randint(0, TINY["vocab_size"], (1, 7)), max_new_tokens=6, do_sample=False)
     finally:

@@ -32,6 +32,8 @@ MODEL_FILES = {
     "model.safetensors",
     "modeling_gptlite.py",
     "configuration_gptlite.py",
+    "compat.py",
+    "fast_cpu.py",
 }
 TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json"}
 BOOK_HISTORY = {"train_losses": [9.8, 6.1, 3.2], "val_losses": [9.9, 6.6, 6.2], "tokens_seen": [512, 5632, 10752]}
@@ -131,7 +133,7 @@ def test_model_push_to_hub_uploads_weights_code_tokenizer_and_card(hub, tmp_path
     assert commit.oid == "0" * 40
     assert set(hub.files) == MODEL_FILES | TOKENIZER_FILES | {"README.md"}
     package_dir = Path(gptlite.__file__).parent
-    for name in ("modeling_gptlite.py", "configuration_gptlite.py"):
+    for name in ("modeling_gptlite.py", "configuration_gptlite.py", "compat.py", "fast_cpu.py"):
         assert hub.files[name] == (package_dir / name).read_bytes()
 
     meta = front_matter(hub.readme())
@@ -228,7 +230,7 @@ def test_gptlite_push_to_hub_with_options(hub, tmp_path):
     }
 
     loaded = AutoModelForCausalLM.from_pretrained(hub.materialize(tmp_path / "downloaded"))
-    assert loaded.out_head.weight is loaded.tok_emb.weight
+    assert loaded.out_head.weight is loaded.model.tok_emb.weight
     assert_same_weights(loaded, model)
 
 

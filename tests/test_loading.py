@@ -51,7 +51,7 @@ def test_a_gpt2_folder_runs_its_real_weights(tmp_path, tied):
         assert torch.allclose(model(ids).logits, reference(ids).logits, atol=1e-5)
     greedy = {"max_new_tokens": 10, "do_sample": False, "eos_token_id": None, "pad_token_id": 0}
     assert torch.equal(model.generate(ids[:, :6], **greedy), reference.generate(ids[:, :6], **greedy))
-    assert (model.out_head.weight is model.tok_emb.weight) == tied
+    assert (model.out_head.weight is model.model.tok_emb.weight) == tied
 
 
 def test_the_in_memory_conversion_is_the_on_disk_one(tmp_path):
@@ -71,7 +71,7 @@ def test_converted_parameters_own_their_storage(tmp_path):
     storages = {}
     for name, param in model.named_parameters(remove_duplicate=False):
         storages.setdefault(param.untyped_storage().data_ptr(), []).append(name)
-    assert [names for names in storages.values() if len(names) > 1] == [["tok_emb.weight", "out_head.weight"]]
+    assert [names for names in storages.values() if len(names) > 1] == [["model.tok_emb.weight", "out_head.weight"]]
 
 
 def test_what_to_hf_writes_loads_back_with_the_same_logits(tmp_path):
@@ -145,7 +145,7 @@ def test_a_wrongly_shaped_gptlite_tensor_is_named_with_both_shapes(tmp_path):
     save_gptlite(tmp_path / "m")
     weights = tmp_path / "m" / "model.safetensors"
     tensors = load_file(weights)
-    tensors["trf_blocks.1.att.W_query.weight"] = torch.zeros(24, 48)
+    tensors["model.trf_blocks.1.att.W_query.weight"] = torch.zeros(24, 48)
     save_file(tensors, weights, metadata={"format": "pt"})
     with pytest.raises(InputFileError, match=r"tensor trf_blocks.1.att.W_query.weight has shape \[24, 48\], but "
                                              r".*config.json needs \[48, 48\]"):
@@ -167,7 +167,7 @@ def test_a_missing_tensor_is_named_instead_of_initialised_at_random(tmp_path):
     save_gptlite(tmp_path / "m")
     weights = tmp_path / "m" / "model.safetensors"
     tensors = load_file(weights)
-    del tensors["final_norm.shift"]
+    del tensors["model.final_norm.shift"]
     save_file(tensors, weights, metadata={"format": "pt"})
     with pytest.raises(InputFileError, match="tensor final_norm.shift is missing"):
         load_model(tmp_path / "m")

@@ -4,22 +4,17 @@ import pytest
 import torch
 
 from gptlite import GPTLiteConfig, GPTLiteForCausalLM
-from gptlite.modeling_gptlite import (
-    _keep_mask,
-    apply_dropout,
-    eager_attention_forward,
-    fast_dropout_attention_forward,
-    linear_cross_entropy,
-)
+from gptlite.compat import cache_of
 from tests.book_gpt import BookGPTModel, book_generate_simple
-from tests.reference_models import TINY, randomize_, tiny_model, to_gpt2
+from tests.reference_models import TINY, book_state_dict, randomize_, tiny_model, to_gpt2
 
 
-def test_state_dict_keys_are_the_books():
+def test_state_dict_keys_are_the_books_with_the_trunk_under_model():
     model = tiny_model(n_layers=2)
     book = BookGPTModel({**model.config.to_dict(), "qkv_bias": False})
     book_keys = {k for k in book.state_dict() if not k.endswith("att.mask")}
-    assert set(model.state_dict()) == book_keys
+    assert set(book_state_dict(model)) == book_keys
+    assert {k.split(".")[0] for k in model.state_dict()} == {"model", "out_head"}
 
 
 @pytest.mark.parametrize("qkv_bias", [False, True])
@@ -31,7 +26,7 @@ def test_logits_equal_the_books_forward(qkv_bias, attn):
     cfg = dict(TINY, qkv_bias=qkv_bias)
     book = BookGPTModel(cfg).eval()
     # The book's state dict (with its att.mask buffers) loads 1:1, strictly.
-    missing, unexpected = book.load_state_dict(model.state_dict(), strict=False)
+    missing, unexpected = book.load_state_dict(book_state_dict(model), strict=False)
     assert unexpected == [] and all(k.endswith("att.mask") for k in missing)
     ids = torch.randint(0, cfg["vocab_size"], (3, cfg["context_length"]))
     with torch.no_grad():
@@ -40,11 +35,13 @@ def test_logits_equal_the_books_forward(qkv_bias, attn):
     assert (ours - theirs).abs().max().item() < 1e-5
 
 
-def test_book_state_dict_with_mask_buffers_loads_through_from_pretrained_path():
+def test_book_state_dict_with_mask_buffers_loads_strictly():
     book = BookGPTModel(dict(TINY, qkv_bias=False))
     model = tiny_model()
-    result = model.load_state_dict(book.state_dict(), strict=False)
-    assert all(k.endswith("att.mask") for k in result.unexpected_keys) and not result.missing_keys
+    # The trunk's keys move under `model.` and the book's att.mask buffers are dropped, so even strict loading works.
+    result = model.load_state_dict(book.state_dict(), strict=True)
+    assert not result.unexpected_keys and not result.missing_keys
+    assert torch.equal(model.model.trf_blocks[1].att.W_key.weight, book.trf_blocks[1].att.W_key.weight)
     ids = torch.randint(0, TINY["vocab_size"], (2, 17))
     with torch.no_grad():
         assert torch.allclose(model(ids).logits, book.eval()(ids), atol=1e-5)
@@ -127,8 +124,8 @@ def test_cached_forward_equals_full_forward():
     with torch.no_grad():
         full = model(ids, use_cache=False).logits
         first = model(ids[:, :10], use_cache=True)
-        rest = model(ids[:, 10:], past_key_values=first.past_key_values, use_cache=True)
-    assert first.past_key_values.get_seq_length() == 15
+        rest = model(ids[:, 10:], cache=cache_of(first), use_cache=True)
+    assert cache_of(first).get_seq_length() == 15
     assert (torch.cat([first.logits, rest.logits], 1) - full).abs().max().item() < 1e-5
 
 
@@ -137,9 +134,9 @@ def test_sequence_longer_than_context_names_both_numbers():
     with pytest.raises(ValueError, match=r"41 tokens.*context_length of 40"):
         model(torch.zeros(1, 41, dtype=torch.long))
     with torch.no_grad():
-        cache = model(torch.zeros(1, 38, dtype=torch.long), use_cache=True).past_key_values
+        cache = cache_of(model(torch.zeros(1, 38, dtype=torch.long), use_cache=True))
     with pytest.raises(ValueError, match=r"42 tokens \(38 cached \+ 4 new\).*40"):
-        model(torch.zeros(1, 4, dtype=torch.long), past_key_values=cache)
+        model(torch.zeros(1, 4, dtype=torch.long), cache=cache)
 
 
 @pytest.mark.parametrize("bad", [120, 5000, -1])
@@ -153,11 +150,11 @@ def test_token_id_outside_vocabulary_is_refused(bad):
 def test_gpt2_initialisation():
     model = GPTLiteForCausalLM(GPTLiteConfig(vocab_size=2000, context_length=64, emb_dim=256, n_heads=4, n_layers=6))
     residual_std = 0.02 / math.sqrt(2 * 6)
-    block = model.trf_blocks[0]
+    block = model.model.trf_blocks[0]
     assert abs(block.att.W_query.weight.std().item() - 0.02) < 1e-3
     assert abs(block.att.out_proj.weight.std().item() - residual_std) < 5e-4
     assert abs(block.ff.layers[2].weight.std().item() - residual_std) < 5e-4
-    assert abs(model.tok_emb.weight.std().item() - 0.02) < 1e-3
+    assert abs(model.model.tok_emb.weight.std().item() - 0.02) < 1e-3
     assert abs(model.out_head.weight.std().item() - 0.02) < 1e-3
     assert block.ff.layers[0].bias.abs().max().item() == 0.0
     assert torch.equal(block.norm1.scale, torch.ones(256)) and torch.equal(block.norm1.shift, torch.zeros(256))
@@ -170,7 +167,7 @@ def test_book_initialisation_draws_exactly_what_the_books_model_draws():
     torch.manual_seed(123)
     ours = GPTLiteForCausalLM(GPTLiteConfig(**cfg, initializer="book"))
     theirs = book.state_dict()
-    for name, tensor in ours.state_dict().items():
+    for name, tensor in book_state_dict(ours).items():
         assert torch.equal(tensor, theirs[name]), name
     # Both leave the global generator in the same state.
     assert torch.equal(torch.rand(3), (torch.manual_seed(123), BookGPTModel(cfg), torch.rand(3))[2])
@@ -178,20 +175,20 @@ def test_book_initialisation_draws_exactly_what_the_books_model_draws():
 
 def test_tying_through_the_config():
     tied = tiny_model(tie_word_embeddings=True)
-    assert tied.out_head.weight is tied.tok_emb.weight
+    assert tied.out_head.weight is tied.model.tok_emb.weight
     untied = tiny_model()
-    assert untied.out_head.weight.data_ptr() != untied.tok_emb.weight.data_ptr()
+    assert untied.out_head.weight.data_ptr() != untied.model.tok_emb.weight.data_ptr()
 
 
 @pytest.mark.parametrize("tied", [False, True])
 def test_resize_token_embeddings(tied):
     model = tiny_model(tie_word_embeddings=tied)
-    old = model.tok_emb.weight.detach().clone()
+    old = model.model.tok_emb.weight.detach().clone()
     model.resize_token_embeddings(130)
     assert model.config.vocab_size == 130
-    assert model.tok_emb.weight.shape == (130, 48) and model.out_head.weight.shape == (130, 48)
-    assert torch.equal(model.tok_emb.weight[:120], old)
-    assert (model.out_head.weight is model.tok_emb.weight) == tied
+    assert model.model.tok_emb.weight.shape == (130, 48) and model.out_head.weight.shape == (130, 48)
+    assert torch.equal(model.model.tok_emb.weight[:120], old)
+    assert (model.out_head.weight is model.model.tok_emb.weight) == tied
     with torch.no_grad():
         assert model(torch.tensor([[129, 3]])).logits.shape == (1, 2, 130)
 
@@ -210,7 +207,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     # transformers 5.23 renamed it; 5.4 only has the old name.
     enable = getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)
     enable()
-    assert all(block.gradient_checkpointing for block in model.trf_blocks)
+    assert all(block.gradient_checkpointing for block in model.model.trf_blocks)
     checkpointed = grads()
     for name in plain:
         assert torch.allclose(plain[name], checkpointed[name], atol=1e-6), name
@@ -237,125 +234,6 @@ def test_cached_greedy_generation_equals_the_books_generate_text_simple():
     assert torch.equal(cached, book)
 
 
-def _cross_entropy_inputs(width: int, vocab: int, ignore_every: int):
-    """70 rows of hidden states, a (vocab, width) head and targets with every `ignore_every`-th one ignored."""
-    hidden = torch.randn(70, width, requires_grad=True)
-    weight = torch.randn(vocab, width, requires_grad=True)
-    targets = torch.randint(0, vocab, (70,))
-    targets[::ignore_every] = -100
-    return hidden, weight, targets
-
-
-@pytest.mark.parametrize("num_items", [None, 50])
-def test_linear_cross_entropy_equals_cross_entropy_and_its_gradients(num_items):
-    hidden, weight, targets = _cross_entropy_inputs(width=16, vocab=90, ignore_every=5)
-    logits = hidden @ weight.T
-    if num_items is None:
-        expected = torch.nn.functional.cross_entropy(logits, targets)
-    else:
-        expected = torch.nn.functional.cross_entropy(logits, targets, reduction="sum") / num_items
-    expected_grads = torch.autograd.grad(expected * 3, (hidden, weight))
-    ours = linear_cross_entropy(hidden, weight, targets, num_items_in_batch=num_items, chunk_rows=16)
-    grads = torch.autograd.grad(ours * 3, (hidden, weight))
-    assert abs(ours.item() - expected.item()) < 1e-6
-    for got, want in zip(grads, expected_grads):
-        assert (got - want).abs().max().item() < 1e-6
-
-
-@pytest.mark.parametrize("chunk_rows", [None, 16])
-def test_linear_cross_entropy_under_bf16_autocast_matches_the_bf16_logits_loss(chunk_rows):
-    hidden, weight, targets = _cross_entropy_inputs(width=32, vocab=300, ignore_every=7)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits = hidden @ weight.T  # bf16, as transformers' autocast path computes them
-    expected = torch.nn.functional.cross_entropy(logits.float(), targets)
-    expected_grads = torch.autograd.grad(expected, (hidden, weight))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        ours = linear_cross_entropy(hidden, weight, targets, chunk_rows=chunk_rows)
-    grads = torch.autograd.grad(ours, (hidden, weight))
-    assert ours.dtype == torch.float32
-    # bf16 probabilities: 2^-9 relative per token, far below the loss's own scale (about 5 here).
-    assert abs(ours.item() - expected.item()) < 5e-3
-    for got, want in zip(grads, expected_grads):
-        assert got.dtype == torch.float32
-        assert (got - want).abs().max().item() < 2e-2 * want.abs().max().item()
-
-
-def test_linear_cross_entropy_in_bf16_caps_an_underflowed_probability_instead_of_returning_inf():
-    hidden = torch.ones(1, 2)
-    weight = torch.tensor([[0.0, 0.0], [100.0, 100.0]])  # logits (0, 200): the target's probability is e^-200
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = linear_cross_entropy(hidden, weight, torch.tensor([0]))
-    assert loss.item() == pytest.approx(-math.log(torch.finfo(torch.float32).tiny))
-
-
-@pytest.mark.parametrize("p", [0.1, 0.5])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fast_dropout_drops_at_rate_p_scales_exactly_and_backpropagates_its_mask(p, dtype):
-    x = torch.ones(400_001, dtype=dtype, requires_grad=True)  # not a multiple of 4: the last draw is part-used
-    y = apply_dropout(x, p, training=True, fast=True)
-    kept_value = 32768 / (32768 - round(p * 32768))
-    values = set(y.detach().float().unique().tolist())
-    assert values == {0.0, torch.tensor(kept_value, dtype=dtype).item()}
-    dropped = (y == 0).float()
-    # All four 16-bit quarters of every 64-bit draw must drop at rate p (one of them holds the sign bit).
-    for quarter in range(4):
-        lane = dropped[quarter::4]
-        assert abs(lane.mean().item() - p) < 5 * math.sqrt(p * (1 - p) / lane.numel())
-    y.sum().backward()
-    assert torch.equal(x.grad, y.detach())
-    assert apply_dropout(x, p, training=False, fast=True) is x
-    assert apply_dropout(x, 0.0, training=True, fast=True) is x
-
-
-def test_fast_dropout_off_is_torchs_dropout_draw_for_draw():
-    x = torch.randn(5, 7)
-    torch.manual_seed(3)
-    ours = apply_dropout(x, 0.3, training=True, fast=False)
-    torch.manual_seed(3)
-    assert torch.equal(ours, torch.nn.functional.dropout(x, 0.3, training=True))
-
-
-def test_eager_attention_builds_the_causal_mask_sdpa_would_skip():
-    module = torch.nn.Module().eval()
-    q, k, v = torch.randn(3, 2, 4, 6, 8).unbind(0)
-    explicit = torch.zeros(6, 6).masked_fill(torch.ones(6, 6, dtype=torch.bool).triu(1), torch.finfo(q.dtype).min)
-    boolean = torch.ones(6, 6, dtype=torch.bool).tril()
-    want, _ = eager_attention_forward(module, q, k, v, explicit, scaling=0.3)
-    for mask in (None, boolean):
-        got, _ = eager_attention_forward(module, q, k, v, mask, scaling=0.3)
-        assert torch.equal(got, want)
-    # Two new queries after four cached keys: query i sees keys up to 4 + i.
-    got, _ = eager_attention_forward(module, q[:, :, 4:], k, v, None, scaling=0.3)
-    assert torch.allclose(got, want[:, 4:], atol=1e-6)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fast_dropout_attention_is_the_books_attention_with_its_mask(dtype):
-    module = torch.nn.Module().train()
-    q, k, v = (torch.randn(2, 3, 10, 8, dtype=dtype, requires_grad=True) for _ in range(3))
-    p = 0.3
-    torch.manual_seed(5)
-    got, weights = fast_dropout_attention_forward(module, q, k, v, None, scaling=0.125, dropout=p,
-                                                  output_attentions=True)
-    torch.manual_seed(5)
-    keep = _keep_mask((2, 3, 10, 10), p, dtype, q.device)
-    assert 0 < (keep == 0).sum() < keep.numel()  # some dropped, some kept
-    # The book: scores, causal mask, softmax, dropout (kept weights scaled by 1/keep), weighted values.
-    scores = (q @ k.transpose(2, 3)).float() * 0.125
-    scores = scores.masked_fill(torch.ones(10, 10, dtype=torch.bool).triu(1), float("-inf"))
-    want_weights = torch.softmax(scores, -1) * keep.float() * (32768 / (32768 - round(p * 32768)))
-    want = (want_weights @ v.float()).transpose(1, 2)
-    tolerance = 1e-5 if dtype == torch.float32 else 3e-2
-    assert torch.allclose(weights.float(), want_weights, atol=tolerance)
-    assert torch.allclose(got.float(), want, atol=tolerance)
-    grads = torch.autograd.grad(got.float().sum(), (q, k, v))
-    want_grads = torch.autograd.grad(want.sum(), (q, k, v))
-    for ours, theirs in zip(grads, want_grads):
-        assert torch.allclose(ours.float(), theirs.float(), atol=tolerance * 4)
-    # Without output_attentions the weights are not kept for the caller.
-    assert fast_dropout_attention_forward(module, q, k, v, None, scaling=0.125, dropout=p)[1] is None
-
-
 @pytest.mark.parametrize("implementation", ["eager", "sdpa"])
 def test_bf16_training_on_a_left_padded_batch_stays_finite(implementation):
     # The eager masks are fp32: their minimum would be -inf in bf16, and a fully masked row NaN.
@@ -369,17 +247,6 @@ def test_bf16_training_on_a_left_padded_batch_stays_finite(implementation):
     assert torch.isfinite(out.logits).all()
     out.loss.backward()
     assert torch.isfinite(out.loss) and all(torch.isfinite(p.grad).all() for p in model.parameters())
-
-
-def test_training_with_fast_dropout_on_cpu_equals_eager_and_sdpa_when_masks_match():
-    # With attention dropout in training, gptlite's CPU path runs the explicit attention (fast masks);
-    # at rate 0 it runs SDPA. Their outputs agree once no element is dropped.
-    model = tiny_model(drop_rate=1e-9).train()
-    randomize_(model)
-    ids = torch.randint(0, TINY["vocab_size"], (2, 12))
-    dropped_path = model(ids).logits
-    model.eval()
-    assert torch.allclose(dropped_path, model(ids).logits, atol=1e-5)
 
 
 def test_return_logits_false_gives_the_same_loss_and_gradients_without_logits():

@@ -59,9 +59,11 @@ def child_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def run_child(code: str, tmp_path: Path, *args: str, **extra_env: str) -> subprocess.CompletedProcess:
+def run_child(
+    code: str, tmp_path: Path, *args: str, python: str = sys.executable, **extra_env: str
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", code, *args],
+        [python, "-c", code, *args],
         cwd=tmp_path,
         env=child_env(tmp_path, **extra_env),
         stdin=subprocess.DEVNULL,  # transformers' trust_remote_code prompt must never wait for an answer
@@ -95,11 +97,18 @@ CHILD = HIDE_GPTLITE + textwrap.dedent(
     # AutoTokenizer reads config.json (and so its auto_map) too: without the flag it asks whether to trust the code.
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
 
-    # The class came from the folder's files, cached under this process's HF_HOME.
+    # The class came from the folder's files, cached under this process's HF_HOME; so did the siblings that
+    # modeling_gptlite.py imports relatively (save_pretrained copied them).
     module = sys.modules[type(model).__module__]
     assert type(model).__name__ == "GPTLiteForCausalLM"
     assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
-    assert os.path.realpath(module.__file__).startswith(os.path.realpath(os.environ["HF_HOME"])), module.__file__
+    package = type(model).__module__.rsplit(".", 1)[0]
+    for name in ("modeling_gptlite", "configuration_gptlite", "compat", "fast_cpu"):
+        sibling = sys.modules[f"{package}.{name}"]
+        assert os.path.realpath(sibling.__file__).startswith(os.path.realpath(os.environ["HF_HOME"])), sibling
+    # The fast-dropout attention registered itself with this transformers, by name.
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    assert "gptlite_fast_dropout" in ALL_ATTENTION_FUNCTIONS
 
     inputs = tokenizer(prompt, return_tensors="pt")
     with torch.no_grad():
@@ -114,23 +123,31 @@ CHILD = HIDE_GPTLITE + textwrap.dedent(
 )
 
 
-def test_fresh_process_without_gptlite_loads_and_generates_the_same_tokens(tmp_path):
+def saved_folder_and_expected_tokens(tmp_path: Path) -> tuple[Path, dict]:
+    """A tiny model saved with its tokenizer, its logits in tmp_path/expected.safetensors, and what it generates."""
     config = GPTLiteConfig(vocab_size=50257, context_length=64, emb_dim=32, n_heads=2, n_layers=2, drop_rate=0.0)
+    torch.manual_seed(0)
     model = GPTLiteForCausalLM(config).eval()
     folder = tmp_path / "model"
     model.save_pretrained(folder)
     save_tokenizer(folder, model_max_length=config.context_length)
+    for name in ("compat.py", "fast_cpu.py"):  # modeling_gptlite.py's relative imports travel with it
+        assert (folder / name).read_bytes() == (REPO_ROOT / "gptlite" / name).read_bytes()
 
     inputs = get_hf_tokenizer()(PROMPT, return_tensors="pt")
     with torch.no_grad():
         logits = model(**inputs).logits
         expected = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)[0].tolist()
     save_file({"logits": logits.contiguous()}, str(tmp_path / "expected.safetensors"))
+    return folder, {"input_ids": inputs["input_ids"][0].tolist(), "output": expected}
 
+
+def test_fresh_process_without_gptlite_loads_and_generates_the_same_tokens(tmp_path):
+    folder, expected = saved_folder_and_expected_tokens(tmp_path)
     result = run_child(CHILD, tmp_path, str(folder), PROMPT, str(NEW_TOKENS))
     assert result.returncode == 0, result.stderr[-4000:]
     assert "custom code" not in result.stdout  # no trust_remote_code prompt
     child = json.loads(result.stdout)
-    assert child["input_ids"] == inputs["input_ids"][0].tolist()
+    assert child["input_ids"] == expected["input_ids"]
     assert len(child["output"]) == len(child["input_ids"]) + NEW_TOKENS
-    assert child["output"] == expected
+    assert child["output"] == expected["output"]

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import gptlite
-from gptlite import GPTLiteConfig, GPTLiteForCausalLM
+from gptlite import GPTLiteConfig, GPTLiteForCausalLM, GPTLiteModel
 
 PACKAGE_DIR = Path(gptlite.__file__).resolve().parent
 HUB_FILES = {
@@ -23,7 +24,10 @@ HUB_FILES = {
     "model.safetensors",
     "modeling_gptlite.py",
     "configuration_gptlite.py",
+    "compat.py",  # relative imports of the model file travel with it
+    "fast_cpu.py",
 }
+REMOTE_CODE = ("modeling_gptlite.py", "configuration_gptlite.py", "compat.py", "fast_cpu.py")
 
 
 def tiny_config(**overrides) -> GPTLiteConfig:
@@ -71,7 +75,7 @@ def test_save_pretrained_writes_the_remote_code_file_set(saved):
         "AutoModelForCausalLM": "modeling_gptlite.GPTLiteForCausalLM",
     }
     # The copies are the package's own files, byte for byte.
-    for name in ("modeling_gptlite.py", "configuration_gptlite.py"):
+    for name in REMOTE_CODE:
         assert (folder / name).read_bytes() == (PACKAGE_DIR / name).read_bytes()
 
     generation = json.loads((folder / "generation_config.json").read_text())
@@ -129,28 +133,61 @@ def test_sharded_round_trip(tmp_path):
 
 def test_tied_round_trip(tmp_path):
     model = tiny_model(tie_word_embeddings=True)
-    assert model.out_head.weight is model.tok_emb.weight
+    assert model.out_head.weight is model.model.tok_emb.weight
     folder = tmp_path / "tied"
     model.save_pretrained(folder)
     assert keys_on_disk(folder) == set(model.state_dict()) - {"out_head.weight"}
 
     loaded = AutoModelForCausalLM.from_pretrained(folder)
-    assert loaded.out_head.weight is loaded.tok_emb.weight
+    assert loaded.out_head.weight is loaded.model.tok_emb.weight
     assert len({p.data_ptr() for p in loaded.parameters()}) == len(list(loaded.parameters()))
     assert_same_weights(loaded, model)
 
 
 def test_untied_round_trip(tmp_path):
     model = tiny_model(tie_word_embeddings=False)
-    assert not torch.equal(model.out_head.weight, model.tok_emb.weight)
+    assert not torch.equal(model.out_head.weight, model.model.tok_emb.weight)
     folder = tmp_path / "untied"
     model.save_pretrained(folder)
-    assert {"tok_emb.weight", "out_head.weight"} <= keys_on_disk(folder)
+    assert {"model.tok_emb.weight", "out_head.weight"} <= keys_on_disk(folder)
 
     loaded = AutoModelForCausalLM.from_pretrained(folder)
-    assert loaded.out_head.weight is not loaded.tok_emb.weight
-    assert loaded.out_head.weight.data_ptr() != loaded.tok_emb.weight.data_ptr()
+    assert loaded.out_head.weight is not loaded.model.tok_emb.weight
+    assert loaded.out_head.weight.data_ptr() != loaded.model.tok_emb.weight.data_ptr()
     assert_same_weights(loaded, model)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_a_folder_saved_before_the_base_model_loads_with_the_same_logits(tmp_path, tied):
+    # Until GPTLiteModel existed, the trunk's keys were at the top level (tok_emb.weight, trf_blocks.0...).
+    model = tiny_model(tie_word_embeddings=tied)
+    folder = tmp_path / "old"
+    model.save_pretrained(folder)
+    weights = load_file(folder / "model.safetensors")
+    save_file({k.removeprefix("model."): v for k, v in weights.items()}, folder / "model.safetensors",
+              metadata={"format": "pt"})
+    assert "tok_emb.weight" in keys_on_disk(folder)
+    loaded, info = GPTLiteForCausalLM.from_pretrained(folder, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert_same_weights(loaded, model)
+    assert (loaded.out_head.weight is loaded.model.tok_emb.weight) == tied
+    ids = torch.randint(0, 256, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
+def test_gptlite_model_is_the_base_model_and_loads_from_a_causal_lm_folder(saved):
+    from transformers import AutoModel
+
+    model, folder = saved
+    assert model.base_model is model.model and isinstance(model.model, GPTLiteModel)
+    base = AutoModel.from_pretrained(folder)
+    assert type(base) is GPTLiteModel
+    ids = torch.randint(0, 256, (2, 9))
+    with torch.no_grad():
+        hidden = base(ids).last_hidden_state
+        assert torch.equal(hidden, model.model(ids).last_hidden_state)
+        assert torch.allclose(model.out_head(hidden), model(ids).logits)
 
 
 # --- Safety ---------------------------------------------------------------------------------------------------

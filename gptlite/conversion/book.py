@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..configuration_gptlite import GPTLiteConfig
-from .common import ConversionResult, check_gptlite_source, parse_dtype, write_gptlite
+from .common import ConversionResult, book_named, check_gptlite_source, parse_dtype, write_gptlite
 from .storage import ConversionError, TensorSource, load_torch_file
 
 __all__ = ["book_config", "from_book"]
@@ -98,7 +98,8 @@ def from_book(
         ConversionError: naming the tensor (and both shapes) that does not fit the config.
     """
     gptlite_config, explicit_tying = book_config(preset, config)
-    source = load_torch_file(pth, unwrap=("model_state_dict",))
+    # The book's names; a gptlite state dict (its trunk under `model.`) reads the same way.
+    source = book_named(load_torch_file(pth, unwrap=("model_state_dict",)))
     _decide_tying(gptlite_config, explicit_tying, source)
     names = check_gptlite_source(gptlite_config, source, "the config", _qkv_bias_hint)
 

@@ -11,12 +11,13 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from ..configuration_gptlite import GPTLiteConfig
 from ..modeling_gptlite import GPTLiteForCausalLM
-from .names import from_gptlite_layout, rows, to_gptlite_layout
-from .storage import ConversionError, TensorSource, write_safetensors
+from .names import book_name, from_gptlite_layout, rows, state_dict_name, to_gptlite_layout
+from .storage import ConversionError, RenamedSource, TensorSource, write_safetensors
 
 __all__ = [
     "ConversionResult",
     "check_gpt2_source",
+    "book_named",
     "check_gptlite_source",
     "gpt2_tensors_to_gptlite",
     "expected_gpt2_shapes",
@@ -73,7 +74,7 @@ def meta_model(
 
 def expected_gpt2_shapes(model: GPTLiteForCausalLM) -> dict[str, tuple[int, ...]]:
     """GPT-2 (Hugging Face layout) name -> shape that a checkpoint for this gptlite model must have."""
-    params = model.state_dict()
+    params = {book_name(name): tensor for name, tensor in model.state_dict().items()}
     return {
         row.hf: tuple(from_gptlite_layout(row, [params[name] for name in row.gptlite]).shape)
         for row in rows(model.config.n_layers, head=not model.config.tie_word_embeddings)
@@ -121,7 +122,8 @@ def write_gptlite(
     from ..tokenization import save_tokenizer
 
     out_dir = Path(out_dir)
-    save_streaming(meta_model(GPTLiteForCausalLM, config, dtype), out_dir, tensors)
+    named = ((state_dict_name(name), tensor) for name, tensor in tensors)  # the trunk goes under `model.`
+    save_streaming(meta_model(GPTLiteForCausalLM, config, dtype), out_dir, named)
     save_tokenizer(out_dir, model_max_length=config.context_length)
     return out_dir
 
@@ -147,6 +149,11 @@ def check_gpt2_source(
             )
 
 
+def book_named(source: TensorSource) -> TensorSource:
+    """A gptlite folder's or model's tensors under the book's names, whether its trunk is under `model.` or not."""
+    return RenamedSource(source, book_name)
+
+
 def check_gptlite_source(
     config: GPTLiteConfig,
     source: TensorSource,
@@ -156,12 +163,14 @@ def check_gptlite_source(
 ) -> list[str]:
     """Every tensor of the gptlite model `config` describes, with its shape, and nothing else.
 
+    Names are the book's (the table's): a gptlite folder's source is read through `book_named`.
+
     Returns the names to read. The book's `att.mask` buffers are ignored (gptlite builds masks on the
     fly), and so is a saved copy of a tied head. `hint(name)` may add advice to an error about `name`;
     `extra_reason` ends the error about an unexpected tensor.
     """
     model = meta_model(GPTLiteForCausalLM, config, torch.float32)
-    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    expected = {book_name(name): tuple(t.shape) for name, t in model.state_dict().items()}
     found = {name for name in source.names() if not name.endswith(".att.mask")}
     if config.tie_word_embeddings:
         expected.pop("out_head.weight")

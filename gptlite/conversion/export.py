@@ -12,7 +12,7 @@ from transformers import GPT2LMHeadModel
 
 from ..configuration_gptlite import GPTLiteConfig
 from ..modeling_gptlite import GPTLiteForCausalLM
-from .common import ConversionResult, check_gptlite_source, meta_model, parse_dtype, save_streaming
+from .common import ConversionResult, book_named, check_gptlite_source, meta_model, parse_dtype, save_streaming
 from .configs import to_gpt2_config
 from .names import from_gptlite_layout, rows
 from .storage import ConversionError, StateDictSource, TensorSource, open_weights
@@ -43,7 +43,7 @@ def gpt2_tensors(
 
 def _open_gptlite(src: str | Path | GPTLiteForCausalLM) -> tuple[GPTLiteConfig, TensorSource]:
     if isinstance(src, GPTLiteForCausalLM):
-        return src.config, StateDictSource(src.state_dict(), "<model>")
+        return src.config, book_named(StateDictSource(src.state_dict(), "<model>"))
     folder = Path(src)
     config_path = folder / "config.json"
     if not config_path.is_file():
@@ -52,7 +52,7 @@ def _open_gptlite(src: str | Path | GPTLiteForCausalLM) -> tuple[GPTLiteConfig, 
     if raw.get("model_type") != "gptlite":
         raise ConversionError(f"{config_path}: model_type is {raw.get('model_type')!r}, not 'gptlite'")
     config = GPTLiteConfig.from_pretrained(folder)
-    return config, open_weights(folder)
+    return config, book_named(open_weights(folder))
 
 
 def to_hf(

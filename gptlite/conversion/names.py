@@ -6,6 +6,10 @@ index. Two layouts differ from a copy:
 - `transpose`: GPT-2 stores projections as `Conv1D` weights, (in, out); `nn.Linear` wants (out, in).
 - three gptlite names: GPT-2 fuses query, key and value into one `c_attn` projection whose output
   dimension is [q | k | v]; gptlite has three separate projections.
+
+The gptlite names are the book's `GPTModel` names. Inside `GPTLiteForCausalLM` the trunk sits under `model.`
+(`GPTLiteModel`) and only `out_head` is at the top: `state_dict_name` and `book_name` translate at that one
+boundary, so the book's files, older gptlite folders (trunk at the top) and new ones all read through this table.
 """
 
 from __future__ import annotations
@@ -15,7 +19,22 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["TABLE", "Row", "from_gptlite_layout", "rows", "to_gptlite_layout"]
+__all__ = ["TABLE", "Row", "book_name", "from_gptlite_layout", "rows", "state_dict_name", "to_gptlite_layout"]
+
+# Where GPTLiteForCausalLM keeps GPTLiteModel (its `base_model_prefix`).
+_TRUNK_PREFIX = "model."
+
+
+def state_dict_name(name: str) -> str:
+    """The book's (the table's) name -> its name in `GPTLiteForCausalLM.state_dict()`."""
+    if name.startswith("out_head.") or name.startswith(_TRUNK_PREFIX):
+        return name
+    return _TRUNK_PREFIX + name
+
+
+def book_name(name: str) -> str:
+    """A `GPTLiteForCausalLM` state-dict name (or an older gptlite folder's) -> the book's name."""
+    return name.removeprefix(_TRUNK_PREFIX)
 
 
 @dataclass(frozen=True)

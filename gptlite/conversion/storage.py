@@ -14,7 +14,7 @@ import mmap
 import os
 import pickle
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -26,6 +26,7 @@ from gptlite._libc import libc
 __all__ = [
     "ConversionError",
     "open_weights",
+    "RenamedSource",
     "SafetensorsSource",
     "StateDictSource",
     "TensorSource",
@@ -119,6 +120,24 @@ class StateDictSource:
         copy = tensor.clone()
         _drop_file_pages(tensor)
         return copy
+
+
+class RenamedSource:
+    """Another source's tensors under other names: `rename(name)` is what this source calls the tensor `name`."""
+
+    def __init__(self, source: TensorSource, rename: Callable[[str], str]):
+        self.path = source.path
+        self._source = source
+        self._original = {rename(name): name for name in source.names()}
+
+    def names(self) -> set[str]:
+        return set(self._original)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._source.shape(self._original[name])
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._source.get(self._original[name])
 
 
 def _libc_madvise():

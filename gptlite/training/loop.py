@@ -135,11 +135,15 @@ def seed_everything(seed: int) -> None:
 
 def build_model(config: TrainConfig):
     """A fresh model with ``config``'s architecture, or the ``--init-from`` model with its dropout and attention."""
+    from gptlite.fast_cpu import FAST_DROPOUT_ATTENTION
     from gptlite.modeling_gptlite import GPTLiteForCausalLM
 
+    # With fast dropout, SDPA's CPU training steps take the fast-mask attention (SDPA everywhere else).
+    use_fast = config.fast_dropout and config.attn_implementation == "sdpa"
+    attn_implementation = FAST_DROPOUT_ATTENTION if use_fast else config.attn_implementation
     if config.init_from is None:
         model = GPTLiteForCausalLM(config.model_config())
-        model.set_attn_implementation(config.attn_implementation)
+        model.set_attn_implementation(attn_implementation)
         return model
     from gptlite.loading import load_model
 
@@ -147,7 +151,7 @@ def build_model(config: TrainConfig):
         config.init_from,
         dtype=torch.float32,
         overrides={"drop_rate": config.drop_rate, "fast_dropout": config.fast_dropout},
-        attn_implementation=config.attn_implementation,
+        attn_implementation=attn_implementation,
     )
     if config.context_length > model.config.context_length:
         raise ValueError(

@@ -50,7 +50,7 @@ def model_flops_per_token(model: torch.nn.Module, context: int) -> float:
     """:func:`training_flops_per_token` of a gptlite model at sequence length ``context``."""
     config = model.config
     n_params = sum(p.numel() for p in model.parameters())
-    n_no_emb = n_params - model.tok_emb.weight.numel() - model.pos_emb.weight.numel()
+    n_no_emb = n_params - model.model.tok_emb.weight.numel() - model.model.pos_emb.weight.numel()
     if not config.tie_word_embeddings:
         n_no_emb -= model.out_head.weight.numel()  # training_flops_per_token adds the head itself
     return training_flops_per_token(n_no_emb, config.n_layers, config.emb_dim, context, config.vocab_size)

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from gptlite import GPTLiteForCausalLM
 from gptlite.conversion import ConversionError, from_book, to_hf
+from gptlite.conversion.names import book_name
 
 # The book's GPT_CONFIG_124M keys, shrunk (qkv_bias False as in chapter 4).
 BOOK_CONFIG = {"vocab_size": 90, "context_length": 20, "emb_dim": 32, "n_heads": 4, "n_layers": 2,
@@ -44,7 +45,7 @@ def test_round_trip_through_gptlite_and_plain_gpt2(chapter5_format, tmp_path):
     assert not model.config.tie_word_embeddings  # the book's head is its own tensor
     # Exact: same tensors under the same names.
     for name, tensor in model.state_dict().items():
-        assert torch.equal(tensor, state[name]), name
+        assert torch.equal(tensor, state[book_name(name)]), name
     ids = tokens(90)
     with torch.no_grad():
         assert (book(ids) - model(ids).logits).abs().max() <= ATOL
@@ -65,7 +66,7 @@ def test_tying_follows_the_weights(tmp_path):
     torch.save(book.state_dict(), tmp_path / "m.pth")
     from_book(tmp_path / "m.pth", tmp_path / "lite", config=BOOK_CONFIG)
     model = GPTLiteForCausalLM.from_pretrained(tmp_path / "lite")
-    assert model.config.tie_word_embeddings and model.out_head.weight is model.tok_emb.weight
+    assert model.config.tie_word_embeddings and model.out_head.weight is model.model.tok_emb.weight
     with torch.no_grad():
         assert (book(tokens(90)) - model(tokens(90)).logits).abs().max() <= ATOL
 

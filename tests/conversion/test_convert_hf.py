@@ -61,7 +61,7 @@ def test_converted_model_matches_transformers(case, tmp_path):
     assert (model.config.context_length, model.config.emb_dim, model.config.n_layers) == (
         cfg.n_positions, cfg.n_embd, cfg.n_layer)
     assert model.config.tie_word_embeddings == cfg.tie_word_embeddings
-    assert (model.out_head.weight is model.tok_emb.weight) == cfg.tie_word_embeddings
+    assert (model.out_head.weight is model.model.tok_emb.weight) == cfg.tie_word_embeddings
     ids = tokens(cfg.vocab_size)
     assert max_diff(reference, model, ids) <= ATOL
     assert result.max_logit_diff <= ATOL

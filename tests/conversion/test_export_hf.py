@@ -86,7 +86,7 @@ def test_refuses_what_is_not_a_gptlite_language_model(tmp_path):
     with pytest.raises(ConversionError, match=r"out_head\.bias is not part .*cannot be written as GPT-2"):
         to_hf(tmp_path / "lite", tmp_path / "out")
 
-    del state["out_head.bias"], state["trf_blocks.0.norm2.shift"]
+    del state["out_head.bias"], state["model.trf_blocks.0.norm2.shift"]
     save_file(state, weights, metadata={"format": "pt"})
     with pytest.raises(ConversionError, match=r"tensor trf_blocks\.0\.norm2\.shift is missing"):
         to_hf(tmp_path / "lite", tmp_path / "out")

@@ -245,7 +245,7 @@ def broken_model(tmp_path, how: str):
         weights.write_bytes(weights.read_bytes()[:-64])
     elif how == "shape":
         tensors = load_file(weights)
-        tensors["trf_blocks.1.ff.layers.0.weight"] = torch.zeros(100, 32)
+        tensors["model.trf_blocks.1.ff.layers.0.weight"] = torch.zeros(100, 32)
         save_file(tensors, weights, metadata={"format": "pt"})
     else:
         config = json.loads((folder / "config.json").read_text())

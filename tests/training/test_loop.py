@@ -191,7 +191,7 @@ def test_bf16_autocast_trains_on_cpu(tmp_path, corpus):
     result = train(tiny_config(tmp_path, corpus, mixed_precision="bf16", max_steps=3))
     assert all(math.isfinite(v) for v in result.history.step_loss)
     assert result.history.step_loss[-1] < result.history.step_loss[0]
-    assert weights(tmp_path / "run")["tok_emb.weight"].dtype == torch.float32  # autocast, fp32 master weights
+    assert weights(tmp_path / "run")["model.tok_emb.weight"].dtype == torch.float32  # autocast, fp32 master weights
 
 
 def test_tensorboard_gets_the_metrics(tmp_path, corpus):

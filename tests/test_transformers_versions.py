@@ -1,0 +1,80 @@
+"""Remote code on the transformers versions users have: a saved folder loads and generates on the floor (4.54) and
+the last 4.x as on the installed 5.x; below the floor, loading fails with one line naming the version needed.
+
+Each version gets a venv (`--system-site-packages`, so the installed torch is reused) with that transformers from
+PyPI, created once per test run. The child process is the remote-code test's: gptlite is hidden, HF_HOME is fresh.
+Skipped only when pip cannot reach the package index.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gptlite.compat import MIN_TRANSFORMERS
+from tests.test_remote_code import CHILD, NEW_TOKENS, PROMPT, run_child, saved_folder_and_expected_tokens
+
+pytestmark = pytest.mark.slow
+
+FLOOR = "4.54.1"  # the lowest minor that works (MIN_TRANSFORMERS), at its last patch release
+LAST_4X = "4.57.6"
+BELOW_FLOOR = "4.53.3"
+
+
+def _pip(python: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(python), "-m", "pip", *args], capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="session")
+def transformers_venv(tmp_path_factory):
+    """python of a venv holding transformers==version; one venv per version per test run."""
+    made: dict[str, Path] = {}
+    root = tmp_path_factory.mktemp("transformers-venvs")
+
+    def python_with(version: str) -> Path:
+        if version not in made:
+            venv = root / version
+            subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+            python = venv / "bin" / "python"
+            reachable = _pip(python, "index", "versions", "transformers")
+            if reachable.returncode != 0:
+                pytest.skip(f"pip cannot reach the package index: {reachable.stderr.strip()[-300:]}")
+            installed = _pip(python, "install", "--quiet", f"transformers=={version}")
+            assert installed.returncode == 0, installed.stderr[-3000:]
+            made[version] = python
+        return made[version]
+
+    return python_with
+
+
+def test_the_floor_is_the_minimum_compat_declares():
+    assert FLOOR.startswith(".".join(map(str, MIN_TRANSFORMERS)) + ".")
+    assert BELOW_FLOOR.startswith(f"{MIN_TRANSFORMERS[0]}.{MIN_TRANSFORMERS[1] - 1}.")
+
+
+@pytest.mark.parametrize("version", [FLOOR, LAST_4X])
+def test_a_saved_folder_generates_the_same_tokens_on_transformers_4(tmp_path, transformers_venv, version):
+    python = transformers_venv(version)
+    folder, expected = saved_folder_and_expected_tokens(tmp_path)
+    result = run_child(CHILD, tmp_path, str(folder), PROMPT, str(NEW_TOKENS), python=str(python))
+    assert result.returncode == 0, result.stderr[-4000:]
+    child = json.loads(result.stdout.strip().splitlines()[-1])
+    assert child["input_ids"] == expected["input_ids"]
+    assert child["output"] == expected["output"]
+
+
+def test_below_the_floor_loading_names_the_version_needed(tmp_path, transformers_venv):
+    python = transformers_venv(BELOW_FLOOR)
+    folder, _ = saved_folder_and_expected_tokens(tmp_path)
+    result = run_child(CHILD, tmp_path, str(folder), PROMPT, str(NEW_TOKENS), python=str(python))
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    needed = ".".join(map(str, MIN_TRANSFORMERS))
+    assert last_line == (
+        f"ImportError: gptlite models need transformers >= {needed} (this is {BELOW_FLOOR}): "
+        f"pip install -U 'transformers>={needed}'"
+    )
