@@ -18,8 +18,9 @@ A run folder belongs to one run. The run is named by a run id, recorded when the
   cannot be written into a temporary sibling and renamed over the folder file by file. Instead the new
   folder is built as a hidden sibling of ``OUTPUT_DIR``: the new model files (config, weights,
   tokenizer, remote code, history, plots, train_config) written and fsynced there, plus hard links of
-  everything of the old folder that the run keeps (its checkpoints, ``logs/``, ``run.json``, files that
-  are not model files). The two folders are then exchanged in one ``renameat2(RENAME_EXCHANGE)``
+  everything of the old folder that is not the old model (``checkpoints/``, ``logs/``, ``run.json``,
+  files the user put there; old weight shards are dropped so they cannot mix with the new model). The
+  two folders are then exchanged in one ``renameat2(RENAME_EXCHANGE)``
   (:func:`gptlite.folders.atomic_folder`). Hard links cost no space and no copying, so the swap needs
   room for the new model only, and anything that fails before it (disk full, Ctrl-C, a bad tensor)
   leaves the previous folder byte-identical. Where the folder cannot be swapped (it is a mount point,
@@ -59,6 +60,7 @@ RUN_FILE = "run.json"
 LOCK_FILE = "run.lock"
 # What a run folder holds besides the model: kept (hard-linked) when a new final model replaces the old.
 _RUN_ENTRIES = {RUN_FILE, LOCK_FILE, "logs", "checkpoints"}
+_HIDDEN_LEFTOVER = ".tmp-"
 # Weight files of an older model that a new one may not overwrite (other shards): never carried over.
 _STALE_WEIGHTS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin")
 
@@ -285,16 +287,11 @@ class RunFolder:
             self._save_file_by_file(final, write)
 
     def _link_kept(self, old: Path, new: Path) -> None:
-        own = {p.name for p in list_checkpoints(old, self.run_id)}
+        # Everything but the old model's files and hidden leftovers: checkpoints (pruning alone deletes
+        # those), logs/, run.json, the lock, and files the user put there.
         for entry in old.iterdir():
             name = entry.name
             if (new / name).exists() or name.startswith(".") or any(fnmatch(name, p) for p in _STALE_WEIGHTS):
-                continue
-            if name == "checkpoints" and entry.is_dir() and not entry.is_symlink():
-                (new / name).mkdir()
-                for checkpoint in entry.iterdir():
-                    if checkpoint.name in own:
-                        _link_tree(checkpoint, new / name / checkpoint.name)
                 continue
             _link_tree(entry, new / name)
 
@@ -327,7 +324,8 @@ def _link_tree(source: Path, target: Path) -> None:
     elif source.is_dir():
         target.mkdir()
         for child in source.iterdir():
-            _link_tree(child, target / child.name)
+            if not child.name.startswith(_HIDDEN_LEFTOVER):  # a save interrupted in checkpoints/
+                _link_tree(child, target / child.name)
     else:
         try:
             os.link(source, target)
