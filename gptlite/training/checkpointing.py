@@ -256,12 +256,13 @@ def _failed_anywhere(accelerator, failure: Exception | None) -> bool:
 
 
 def _give_up(accelerator, failure: Exception | None, tmp: Path, final: Path, previous: Path | None) -> None:
+    intact = f"{previous} is intact" if previous is not None else "this run has no earlier checkpoint"
+    # Judged before the partial files are removed: a full disk is then still full.
+    error = None if failure is None else write_failure(failure, final, intact)
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
-    intact = f"{previous} is intact" if previous is not None else "this run has no earlier checkpoint"
     if failure is None:
         raise FolderWriteError(f"Writing {final} failed on another process; {intact}")
-    error = write_failure(failure, final, intact)
     if error is None:
         raise failure
     raise error from failure
