@@ -158,9 +158,10 @@ def check_resumable(saved: TrainerState, now: TrainerState, checkpoint: Path) ->
     """
     from gptlite.training.config import TrainConfig, flag
 
-    flags = {f for f in TrainConfig.__dataclass_fields__}
+    flags = set(TrainConfig.__dataclass_fields__)
+    recorded = saved.architecture or _architecture_from_settings(saved.config)
     for name in ARCHITECTURE:
-        before, after = saved.architecture.get(name), now.architecture.get(name)
+        before, after = recorded.get(name), now.architecture.get(name)
         if before is not None and before != after:
             named = flag(name) if name in flags else name
             raise ValueError(f"--resume-from {checkpoint}: the checkpoint's model has {name} {before!r}, this run "
@@ -188,6 +189,19 @@ def remove_partial_checkpoints(output_dir: str | os.PathLike[str]) -> list[Path]
     for path in partial:
         shutil.rmtree(path, ignore_errors=True)
     return partial
+
+
+def _architecture_from_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    # Checkpoints written before TrainerState recorded the architecture: rebuild it from the run's settings.
+    from gptlite.training.config import TrainConfig
+
+    if not settings or settings.get("init_from"):
+        return {}
+    try:
+        known = {k: v for k, v in settings.items() if k in TrainConfig.__dataclass_fields__}
+        return model_architecture(TrainConfig(**known).model_config())
+    except (TypeError, ValueError):
+        return {}
 
 
 def prune_checkpoints(output_dir: str | os.PathLike[str], keep: int, run_id: str | None = None) -> list[Path]:

@@ -349,7 +349,7 @@ def claim_run_folder(config, accelerator) -> RunFolder:
         settings = {k: v for k, v in config.to_dict().items() if k != "overwrite"}
         try:
             verdict[0] = _claim_on_main(out, config.resume_from, config.overwrite, settings)
-        except (FolderRefused, FileNotFoundError, ValueError) as err:
+        except Exception as err:  # noqa: BLE001 - re-raised here, and told to the others so that none waits
             verdict[1] = (type(err).__name__, str(err))
             if accelerator.num_processes == 1:
                 raise

@@ -379,3 +379,19 @@ def test_the_final_losses_are_the_saved_models_on_the_batches_the_summary_names(
     eval_main([str(tmp_path / "run"), "--data", str(corpus), "--split", "validation", "--cache-dir", config.cache_dir,
                "--batch-size", "4", "--max-batches", "1", "--json"])
     assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(history["val_loss"][-1], abs=1e-5)
+
+
+def test_a_folder_from_before_run_ids_resumes_and_its_architecture_is_still_checked(tmp_path, corpus, capsys):
+    config, out = finished_run(tmp_path, corpus, max_steps=3, checkpoint_every=2)
+    (out / RUN_FILE).unlink()
+    for checkpoint in list_checkpoints(out):  # what older gptlite wrote: no run id, no architecture
+        state_file = checkpoint / "trainer_state.json"
+        state = json.loads(state_file.read_text())
+        del state["run_id"], state["architecture"]
+        state_file.write_text(json.dumps(state))
+    code, _, err = cli(capsys, config, "--resume-from", "latest", "--n-heads", "4")
+    assert code == 2
+    assert "the checkpoint's model has n_heads 2, this run would build 4 (--n-heads)" in one_line_error(err)
+    code, printed, err = cli(capsys, config, "--resume-from", "latest")
+    assert code == 0 and "Resumed from" in printed, err[-2000:]
+    assert read_run_record(out) is not None  # the folder now records its run
