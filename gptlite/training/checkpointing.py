@@ -93,14 +93,15 @@ def checkpoints_dir(output_dir: str | os.PathLike[str]) -> Path:
 
 def list_checkpoints(output_dir: str | os.PathLike[str], run_id: str | None = None) -> list[Path]:
     """Complete checkpoints in ``OUTPUT_DIR/checkpoints``, oldest (fewest steps) first; with ``run_id``,
-    only those that run wrote."""
+    only those that run wrote (and those that name no run: older gptlite wrote them, one run per folder)."""
     root = checkpoints_dir(output_dir)
     if not root.is_dir():
         return []
     found = []
     for path in root.iterdir():
         match = _NAME.match(path.name)
-        if match and (path / TRAINER_STATE_NAME).is_file() and (run_id is None or checkpoint_run_id(path) == run_id):
+        if match and (path / TRAINER_STATE_NAME).is_file() and (run_id is None
+                                                                  or checkpoint_run_id(path) in (run_id, None)):
             found.append((int(match.group(1)), path))
     return [path for _, path in sorted(found)]
 
