@@ -18,7 +18,7 @@ import torch
 
 from benchmarks.common import Measurement, gpt124m_pair, peak_memory, ratio_text, rotated
 from gptlite.conversion.common import gpt2_tensors_to_gptlite
-from gptlite.training.loop import keep_freed_memory
+from gptlite.training.runtime import keep_freed_memory
 from gptlite.training.throughput import cpu_has_native_bf16
 
 THEIRS = "transformers GPT2LMHeadModel"

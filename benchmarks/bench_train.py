@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 
 from benchmarks.common import Measurement, gpt124m_pair, peak_memory, ratio_text, rotated
-from gptlite.training.loop import keep_freed_memory
+from gptlite.training.runtime import keep_freed_memory
 from gptlite.training.throughput import cpu_has_native_bf16, measure_matmul_peak, model_flops_per_token
 
 THEIRS = "transformers GPT2LMHeadModel"

@@ -31,6 +31,7 @@ __all__ = [
     "is_disk_full",
     "process_alive",
     "same_or_inside",
+    "write_failure",
 ]
 
 
@@ -113,6 +114,22 @@ def is_disk_full(err: BaseException) -> bool:
 def _write_failed(err: BaseException) -> bool:
     # torch.save's zip writer hides the OS error: a short write shows only as an unexpected file position.
     return is_disk_full(err) or "unexpected pos" in str(err) or isinstance(err, OSError) and err.errno == errno.EIO
+
+
+def write_failure(err: BaseException, writing: Path, intact: str) -> FolderWriteError | None:
+    """The one-line error for a failed write of ``writing`` (None if ``err`` is not a write failure).
+
+    Reads ``No space left on device while writing WRITING; INTACT`` when the disk is full (checked while
+    the half-written files still take their space). ``intact`` says what was kept, e.g. ``"PREVIOUS is
+    intact"``.
+    """
+    if not (isinstance(err, Exception) and _write_failed(err)):
+        return None
+    full = is_disk_full(err) or _low_on_space(writing.parent)
+    failure = FolderWriteError(f"{'No space left on device' if full else f'Write failed ({err})'} "
+                               f"while writing {writing}; {intact}")
+    failure.errno = errno.ENOSPC if full else errno.EIO
+    return failure
 
 
 def fsync_tree(folder: Path) -> None:
@@ -201,15 +218,10 @@ def atomic_folder(final: str | os.PathLike[str]) -> Iterator[Path]:
         fsync_tree(tmp)
         _swap_into_place(tmp, final)
     except BaseException as err:
-        failed = isinstance(err, Exception) and _write_failed(err)
-        full = failed and (is_disk_full(err) or _low_on_space(final.parent))  # before the space is freed again
+        # Judged before the half-written files are removed, while a full disk is still full.
+        failure = write_failure(err, final, f"{final} is intact" if existed else f"nothing was left at {final}")
         shutil.rmtree(tmp, ignore_errors=True)
-        if failed:
-            intact = f"{final} is intact" if existed else f"nothing was left at {final}"
-            failure = FolderWriteError(
-                f"{'No space left on device' if full else f'Write failed ({err})'} while writing {final}; {intact}"
-            )
-            failure.errno = errno.ENOSPC if full else errno.EIO
+        if failure is not None:
             raise failure from err
         raise
 

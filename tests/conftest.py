@@ -1,3 +1,5 @@
+import os
+import subprocess
 import warnings
 from pathlib import Path
 
@@ -22,3 +24,31 @@ def verdict_text() -> str:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """``tmpfs(size)`` mounts a tmpfs of ``size`` (e.g. "1m") under tmp_path and returns it; skips where
+    mounting is not allowed (needs root). Unmounted at the end."""
+    mounted = []
+
+    def mount(size: str) -> Path:
+        point = tmp_path / f"tmpfs-{len(mounted)}"
+        point.mkdir()
+        if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
+                                               capture_output=True).returncode != 0:
+            pytest.skip("cannot mount a tmpfs here (needs root)")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        # Lazy: a failed torch.save may keep its file open until the exception is collected.
+        result = subprocess.run(["umount", "-l", str(point)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture
+def small_tmpfs(tmpfs):
+    """A 1 MiB tmpfs."""
+    return tmpfs("1m")

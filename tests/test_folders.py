@@ -119,19 +119,6 @@ def test_output_checks_refuse_what_would_destroy_something(tmp_path):
     assert check_output_folder(tmp_path / "new", inputs=[tmp_path / "missing"]) == tmp_path / "new"
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    mount = tmp_path / "tmpfs"
-    mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    yield mount
-    # Lazy: a failed torch.save may keep its file open until the exception is collected.
-    result = subprocess.run(["umount", "-l", str(mount)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-
-
 def test_a_real_full_disk_under_torch_save_keeps_the_previous_folder(small_tmpfs):
     import torch
 

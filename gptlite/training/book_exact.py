@@ -92,8 +92,10 @@ def train_book_exact(config: TrainConfig):
     from gptlite.tokenization import get_hf_tokenizer, get_tokenizer
     from gptlite.training.data import build_dataloaders
     from gptlite.training.evaluation import sample_text
-    from gptlite.training.loop import TrainResult, _save_outputs, build_model, keep_freed_memory, make_accelerator
     from gptlite.training.monitoring import History, Progress
+    from gptlite.training.outputs import TrainResult, save_outputs
+    from gptlite.training.run_folder import claim_run_folder
+    from gptlite.training.runtime import build_model, keep_freed_memory, make_accelerator
 
     started = time.perf_counter()
     out = Path(config.output_dir)
@@ -101,7 +103,7 @@ def train_book_exact(config: TrainConfig):
     check_book_exact(config, accelerator.num_processes)
     if len(get_tokenizer().encode(config.start_context)) >= config.context_length:
         raise ValueError(f"--start-context {config.start_context!r} leaves no room in --context-length")
-    out.mkdir(parents=True, exist_ok=True)
+    run = claim_run_folder(config, accelerator)
     device = accelerator.device
     keep_freed_memory(device)
 
@@ -153,7 +155,8 @@ def train_book_exact(config: TrainConfig):
         progress.write(sample_text(model, tokenizer, config.start_context, config.sample_tokens))
 
     progress.close()
-    _save_outputs(accelerator, model, config, history, out)
+    save_outputs(accelerator, model, config, history, run)
+    run.release()
     minutes, seconds = divmod(time.perf_counter() - started, 60)
     accelerator.print(f"{global_step + 1} optimizer steps, {tokens_seen:,} tokens seen; this book-exact run took "
                       f"{int(minutes)}m{seconds:04.1f}s, training at {progress.tokens_per_second:,.0f} tokens/s")

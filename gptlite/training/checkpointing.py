@@ -7,7 +7,11 @@ states) plus ``trainer_state.json`` (where in the run it was taken, and the hist
 Atomicity: everything is first written into ``checkpoints/.tmp-checkpoint-{step}``, flushed to disk,
 and the folder is then renamed into place. A process killed while saving leaves only a ``.tmp-`` folder,
 which :func:`list_checkpoints` ignores (and :func:`remove_partial_checkpoints` deletes), so the previous
-checkpoint still resumes.
+checkpoint still resumes. A write that fails (disk full) removes the ``.tmp-`` folder and says which
+checkpoint is still intact.
+
+Each checkpoint records the run it belongs to (``run_id``): which checkpoints a run may resume from or
+prune is decided by :mod:`gptlite.training.run_folder`.
 """
 
 from __future__ import annotations
@@ -20,9 +24,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from gptlite.folders import FolderWriteError, write_failure
+
 __all__ = [
     "TRAINER_STATE_NAME",
     "TrainerState",
+    "check_resumable",
     "checkpoints_dir",
     "latest_checkpoint",
     "list_checkpoints",
@@ -60,6 +69,21 @@ class TrainerState:
     """The run's :class:`~gptlite.training.monitoring.History` so far."""
     config: dict[str, Any] = field(default_factory=dict)
     """The run's settings (:meth:`TrainConfig.to_dict`)."""
+    run_id: str | None = None
+    """The run that wrote the checkpoint (None: written before gptlite recorded runs)."""
+    architecture: dict[str, Any] = field(default_factory=dict)
+    """The trained model's architecture (the :data:`ARCHITECTURE` fields of its config)."""
+
+
+# GPTLiteConfig fields that fix the shapes or the meaning of the weights: a resume must not change them.
+ARCHITECTURE: tuple[str, ...] = (
+    "vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "qkv_bias", "tie_word_embeddings",
+)  # fmt: skip
+
+
+def model_architecture(model_config) -> dict[str, Any]:
+    """The :data:`ARCHITECTURE` fields of a ``GPTLiteConfig``."""
+    return {name: getattr(model_config, name) for name in ARCHITECTURE}
 
 
 def checkpoints_dir(output_dir: str | os.PathLike[str]) -> Path:
@@ -67,22 +91,34 @@ def checkpoints_dir(output_dir: str | os.PathLike[str]) -> Path:
     return Path(output_dir) / "checkpoints"
 
 
-def list_checkpoints(output_dir: str | os.PathLike[str]) -> list[Path]:
-    """Complete checkpoints in ``OUTPUT_DIR/checkpoints``, oldest (fewest steps) first."""
+def list_checkpoints(output_dir: str | os.PathLike[str], run_id: str | None = None) -> list[Path]:
+    """Complete checkpoints in ``OUTPUT_DIR/checkpoints``, oldest (fewest steps) first; with ``run_id``,
+    only those that run wrote (and those that name no run: older gptlite wrote them, one run per folder)."""
     root = checkpoints_dir(output_dir)
     if not root.is_dir():
         return []
     found = []
     for path in root.iterdir():
         match = _NAME.match(path.name)
-        if match and (path / TRAINER_STATE_NAME).is_file():
+        if match and (path / TRAINER_STATE_NAME).is_file() and (run_id is None
+                                                                  or checkpoint_run_id(path) in (run_id, None)):
             found.append((int(match.group(1)), path))
     return [path for _, path in sorted(found)]
 
 
-def latest_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:
-    """The newest complete checkpoint of a run, or None."""
-    found = list_checkpoints(output_dir)
+def checkpoint_run_id(checkpoint: Path) -> str | None:
+    """The run id a checkpoint records (None when it records none or cannot be read)."""
+    try:
+        with open(checkpoint / TRAINER_STATE_NAME, encoding="utf-8") as f:
+            value = json.load(f).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def latest_checkpoint(output_dir: str | os.PathLike[str], run_id: str | None = None) -> Path | None:
+    """The newest complete checkpoint (of run ``run_id``, when given), or None."""
+    found = list_checkpoints(output_dir, run_id)
     return found[-1] if found else None
 
 
@@ -104,9 +140,45 @@ def resolve_resume(resume_from: str | None, output_dir: str | os.PathLike[str]) 
 
 
 def load_trainer_state(checkpoint: str | os.PathLike[str]) -> TrainerState:
-    """Read a checkpoint's ``trainer_state.json``."""
-    with open(Path(checkpoint) / TRAINER_STATE_NAME, encoding="utf-8") as f:
-        return TrainerState(**json.load(f))
+    """Read a checkpoint's ``trainer_state.json`` (a ``ValueError`` naming the file if it is not one)."""
+    path = Path(checkpoint) / TRAINER_STATE_NAME
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = json.load(f)
+        known = {k: v for k, v in values.items() if k in TrainerState.__dataclass_fields__}
+        return TrainerState(**known)
+    except (ValueError, TypeError, AttributeError) as err:
+        raise ValueError(f"{path} is not a gptlite trainer state ({err})") from None
+
+
+def check_resumable(saved: TrainerState, now: TrainerState, checkpoint: Path) -> None:
+    """Refuse to resume ``saved`` with a run set up as ``now``, naming the first setting that differs.
+
+    The architecture must match (else the weights do not fit, or fit with another meaning: the same
+    matrix split into other heads); the data order and the schedule depend on the others.
+    """
+    from gptlite.training.config import TrainConfig, flag
+
+    flags = set(TrainConfig.__dataclass_fields__)
+    recorded = saved.architecture or _architecture_from_settings(saved.config)
+    for name in ARCHITECTURE:
+        before, after = recorded.get(name), now.architecture.get(name)
+        if before is not None and before != after:
+            named = flag(name) if name in flags else name
+            raise ValueError(f"--resume-from {checkpoint}: the checkpoint's model has {name} {before!r}, this run "
+                             f"would build {after!r} ({named}); resume with the checkpoint's {named} or start a new "
+                             "run in another --output-dir")
+    same = {
+        "--batch-size": (saved.config.get("batch_size"), now.config.get("batch_size")),
+        "--grad-accum": (saved.config.get("grad_accum"), now.config.get("grad_accum")),
+        "--seed": (saved.config.get("seed"), now.config.get("seed")),
+        "number of processes": (saved.num_processes, now.num_processes),
+        "optimizer steps per epoch": (saved.steps_per_epoch, now.steps_per_epoch),
+        "total optimizer steps": (saved.total_steps, now.total_steps),
+    }
+    for what, (before, after) in same.items():
+        if before is not None and before != after:
+            raise ValueError(f"--resume-from: the checkpoint was written with {what} {before}, this run has {after}")
 
 
 def remove_partial_checkpoints(output_dir: str | os.PathLike[str]) -> list[Path]:
@@ -120,34 +192,41 @@ def remove_partial_checkpoints(output_dir: str | os.PathLike[str]) -> list[Path]
     return partial
 
 
-def prune_checkpoints(output_dir: str | os.PathLike[str], keep: int) -> list[Path]:
-    """Delete all but the ``keep`` newest complete checkpoints; return the deleted folders."""
-    found = list_checkpoints(output_dir)
+def _architecture_from_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    # Checkpoints written before TrainerState recorded the architecture: rebuild it from the run's settings.
+    from gptlite.training.config import TrainConfig
+
+    if not settings or settings.get("init_from"):
+        return {}
+    try:
+        known = {k: v for k, v in settings.items() if k in TrainConfig.__dataclass_fields__}
+        return model_architecture(TrainConfig(**known).model_config())
+    except (TypeError, ValueError):
+        return {}
+
+
+def prune_checkpoints(output_dir: str | os.PathLike[str], keep: int, run_id: str | None = None) -> list[Path]:
+    """Delete all but the ``keep`` newest complete checkpoints (of run ``run_id`` only, when given);
+    return the deleted folders."""
+    found = list_checkpoints(output_dir, run_id)
     doomed = found[: max(len(found) - keep, 0)]
     for path in doomed:
         shutil.rmtree(path, ignore_errors=True)
     return doomed
 
 
-def _fsync_tree(folder: Path) -> None:
-    # A rename is atomic, but without a flush the renamed folder could hold unwritten files after a power cut.
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def save_checkpoint(accelerator, output_dir: str | os.PathLike[str], state: TrainerState, keep: int) -> Path:
+def save_checkpoint(
+    accelerator, output_dir: str | os.PathLike[str], state: TrainerState, previous: Path | None = None
+) -> Path:
     """Save Accelerate's state and ``state`` as ``checkpoints/checkpoint-{global_step}``, atomically.
 
-    Every process must call this (each writes its own RNG states). The main process then renames the
-    finished folder into place and deletes checkpoints beyond the ``keep`` newest.
+    Every process must call this (each writes its own RNG states); the main process then renames the
+    finished folder into place. If a write fails on any process (disk full), every process raises
+    ``FolderWriteError`` saying that ``previous`` (the run's last checkpoint) is intact, and the
+    temporary folder is removed.
     """
+    from gptlite.folders import fsync_tree
+
     root = checkpoints_dir(output_dir)
     final = root / f"checkpoint-{state.global_step}"
     tmp = root / f"{_TMP_PREFIX}{final.name}"
@@ -155,12 +234,23 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike[str], state: Trai
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()  # every process's files are in tmp
+    failure: Exception | None = None
+    try:
+        accelerator.save_state(str(tmp))
+    except Exception as err:  # noqa: BLE001 - every process must learn of it before anyone raises
+        failure = err
+    if _failed_anywhere(accelerator, failure):  # doubles as the barrier: every process's files are in tmp
+        _give_up(accelerator, failure, tmp, final, previous)
     if accelerator.is_main_process:
-        # Written last: a folder with trainer_state.json is complete (list_checkpoints relies on it).
-        (tmp / TRAINER_STATE_NAME).write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
-        _fsync_tree(tmp)
+        try:
+            # Written last: a folder with trainer_state.json is complete (list_checkpoints relies on it).
+            (tmp / TRAINER_STATE_NAME).write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
+            fsync_tree(tmp)
+        except Exception as err:  # noqa: BLE001
+            failure = err
+    if _failed_anywhere(accelerator, failure):
+        _give_up(accelerator, failure, tmp, final, previous)
+    if accelerator.is_main_process:
         if final.exists():  # e.g. a resumed run re-saving a step: set the old copy aside, then swap
             stale = root / f"{_TMP_PREFIX}old-{final.name}"
             shutil.rmtree(stale, ignore_errors=True)
@@ -169,6 +259,25 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike[str], state: Trai
             shutil.rmtree(stale, ignore_errors=True)
         else:
             os.replace(tmp, final)
-        prune_checkpoints(output_dir, keep)
     accelerator.wait_for_everyone()
     return final
+
+
+def _failed_anywhere(accelerator, failure: Exception | None) -> bool:
+    if accelerator.num_processes == 1:
+        return failure is not None
+    flag = torch.tensor([0.0 if failure is None else 1.0], device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+
+
+def _give_up(accelerator, failure: Exception | None, tmp: Path, final: Path, previous: Path | None) -> None:
+    intact = f"{previous} is intact" if previous is not None else "this run has no earlier checkpoint"
+    # Judged before the partial files are removed: a full disk is then still full.
+    error = None if failure is None else write_failure(failure, final, intact)
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if failure is None:
+        raise FolderWriteError(f"Writing {final} failed on another process; {intact}")
+    if error is None:
+        raise failure
+    raise error from failure

@@ -5,6 +5,10 @@ Every :class:`~gptlite.training.config.TrainConfig` field is a flag (``emb_dim``
 ``--config`` file key. Precedence: the recipe (``--recipe``, default ``default``) < the file < the flags.
 Several processes: ``accelerate launch --multi_gpu --num_processes N -m gptlite.training ...`` (this
 also works on a machine without GPUs, where the processes train on CPU).
+
+Exit codes: 0 done; 2 a usage error (bad flags or settings, a refused output folder, a checkpoint that
+does not fit the run); 1 a run-time failure (disk full); 130 / 143 stopped by SIGINT / SIGTERM. Each
+failure is one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -15,8 +19,12 @@ import dataclasses
 import functools
 import inspect
 import json
+import os
+import shlex
+import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from gptlite.errors import fail
@@ -99,6 +107,28 @@ def _exit_on_user_error(parser: argparse.ArgumentParser, err: BaseException) -> 
 
 def main(argv: list[str] | None = None) -> None:
     """``gptlite-train [FLAGS]``: resolve the settings, then :func:`~gptlite.training.loop.train`."""
+    from gptlite.training.stopping import Interrupted
+
+    def interrupt(signum, frame):
+        raise Interrupted(signum)
+
+    # SIGTERM outside the loop (while tokenizing, saving): unwind like Ctrl-C, so temporary folders and the
+    # lock go away, then one line. Inside the loop train() handles both signals itself.
+    previous = signal.signal(signal.SIGTERM, interrupt) if _in_main_thread() else None
+    try:
+        _train_main(sys.argv[1:] if argv is None else list(argv))
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _train_main(argv: list[str]) -> None:
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     recipe, config_file = args.pop("recipe", None), args.pop("config", None)
@@ -110,14 +140,65 @@ def main(argv: list[str] | None = None) -> None:
     if print_config:
         print(json.dumps(config.to_dict(), indent=1))
         return
+    from gptlite.folders import FolderWriteError, is_disk_full
     from gptlite.training.loop import train
+    from gptlite.training.stopping import Interrupted, TrainingStopped, exit_code
 
     try:
         train(config)
-    except (ValueError, KeyError, OSError) as err:
-        # Bad settings or data found while starting (tiny corpus, missing file or --init-from model, ...):
-        # a message, not a traceback.
+    except TrainingStopped as stop:
+        if _is_main_process():
+            print(f"{parser.prog}: stopped by {signal.Signals(stop.signum).name} after optimizer step "
+                  f"{stop.global_step} of {stop.total_steps} and saved {stop.checkpoint}; continue with: "
+                  f"{_resume_command(parser.prog, argv)}", file=sys.stderr, flush=True)
+        sys.exit(exit_code(stop.signum))
+    except KeyboardInterrupt as err:  # Ctrl-C (or a second signal) outside a step: nothing more is saved
+        signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
+        if _is_main_process():
+            left = _what_is_left(config, parser.prog, argv)
+            print(f"{parser.prog}: interrupted by {signal.Signals(signum).name}; {left}", file=sys.stderr, flush=True)
+        sys.exit(exit_code(signum))
+    except (FolderWriteError, OSError) as err:
+        if isinstance(err, FolderWriteError) or is_disk_full(err):  # a run-time failure, not the user's input
+            parser.exit(1, f"{parser.prog}: error: {err}\n")
+        _exit_on_user_error(parser, err)  # a missing file or --init-from model
+    except (ValueError, KeyError) as err:
+        # Bad settings or data found while starting (tiny corpus, refused folder, checkpoint of another
+        # architecture, ...): a message, not a traceback.
         _exit_on_user_error(parser, err)
+
+
+def _is_main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def _resume_command(prog: str, argv: list[str]) -> str:
+    """The command that continues this run: ``argv`` with ``--resume-from latest`` (and no ``--overwrite``)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip or arg == "--resume-from":
+            skip = not skip
+            continue
+        if not (arg.startswith("--resume-from=") or arg in ("--overwrite", "--no-overwrite")):
+            kept.append(arg)
+    flags = shlex.join([*kept, "--resume-from", "latest"])
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by accelerate launch: its options are not ours to see
+        return f"the same accelerate launch command with the flags {flags}"
+    return f"{prog} {flags}"
+
+
+def _what_is_left(config, prog: str, argv: list[str]) -> str:
+    from gptlite.training.checkpointing import latest_checkpoint
+    from gptlite.training.run_folder import read_run_record
+
+    out = Path(config.output_dir)
+    record = read_run_record(out) if out.is_dir() else None
+    latest = latest_checkpoint(out, record["run_id"]) if record else None
+    if latest is None:
+        return "nothing of this run was saved"
+    return f"its newest checkpoint is {latest}; continue with: {_resume_command(prog, argv)}"
 
 
 def build_eval_parser() -> argparse.ArgumentParser:

@@ -132,6 +132,8 @@ class TrainConfig:
     """Number of most recent checkpoints kept in OUTPUT_DIR/checkpoints."""
     resume_from: str | None = None
     """Continue a run from a checkpoint folder, or latest (the newest in OUTPUT_DIR/checkpoints)."""
+    overwrite: bool = False
+    """Replace the run that OUTPUT_DIR holds (its checkpoints go now, its model when this run's is saved)."""
 
     # -- run ----------------------------------------------------------------------------------
     seed: int = 123

@@ -126,7 +126,7 @@ def evaluate_model(
     """
     from gptlite.loading import load_model
     from gptlite.training.data import DataConfig, build_datasets
-    from gptlite.training.loop import make_accelerator
+    from gptlite.training.runtime import make_accelerator
 
     if split not in ("all", "train", "validation"):
         raise ValueError(f"--split must be all, train or validation, got {split!r}")

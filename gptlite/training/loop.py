@@ -9,279 +9,198 @@ therefore train like one process with batch ``B`` and ``grad_accum = N``.
 Randomness is seeded in one place, :func:`seed_everything`. The order of the training windows in
 epoch ``e`` is drawn from the training loader's own generator, reseeded with ``seed + e`` as the
 epoch starts, so a resumed run sees the same order and skips the batches already trained on.
+
+The run folder (owning, locking, checkpoints, the atomic final save) is :mod:`gptlite.training.run_folder`'s;
+SIGINT/SIGTERM stop the run after a complete step with a checkpoint (:mod:`gptlite.training.stopping`).
+Every run also evaluates after its last optimizer step, so the final losses reported are the saved model's.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import time
-import warnings
 from dataclasses import dataclass
 from itertools import islice
-from pathlib import Path
 
 import torch
 from torch.utils.data import IterableDataset
 
-from gptlite._libc import libc
-from gptlite.training.checkpointing import (
-    TrainerState,
-    load_trainer_state,
-    remove_partial_checkpoints,
-    resolve_resume,
-    save_checkpoint,
-)
+from gptlite.training.checkpointing import TrainerState, check_resumable, load_trainer_state, model_architecture
 from gptlite.training.clipping import clip_grad_norm
 from gptlite.training.config import TrainConfig
-from gptlite.training.evaluation import evaluation_batches, mean_loss, sample_text, token_loss_sum
+from gptlite.training.evaluation import evaluation_batches, loss_sums, sample_text, token_loss_sum
 from gptlite.training.monitoring import History, Progress
-from gptlite.training.schedule import build_scheduler, should_clip
-from gptlite.training.throughput import cpu_has_native_bf16, device_peak_flops, model_flops_per_token
+from gptlite.training.outputs import TrainResult, save_outputs
+from gptlite.training.run_folder import RunFolder, claim_run_folder
+from gptlite.training.runtime import (
+    build_model,
+    build_optimizer,
+    keep_freed_memory,
+    make_accelerator,
+    seed_everything,
+    use_tf32,
+)
+from gptlite.training.schedule import LRSchedule, build_scheduler, should_clip
+from gptlite.training.stopping import StopSignals, TrainingStopped
+from gptlite.training.throughput import device_peak_flops, model_flops_per_token
 
-__all__ = [
-    "TrainResult",
-    "build_model",
-    "build_optimizer",
-    "keep_freed_memory",
-    "make_accelerator",
-    "seed_everything",
-    "train",
-    "use_tf32",
-]
-
-
-@dataclass
-class TrainResult:
-    """What :func:`train` returns (on every process)."""
-
-    output_dir: Path
-    history: History
-    global_step: int
-    tokens_seen: int
-    tokens_per_second: float
-    resumed_from: Path | None
-
-
-def _has_accelerator() -> bool:
-    if hasattr(torch, "accelerator"):
-        return torch.accelerator.is_available()
-    return torch.cuda.is_available()
-
-
-def make_accelerator(
-    mixed_precision: str | None = None,
-    grad_accum: int = 1,
-    report_to: list[str] | None = None,
-    output_dir: str | Path | None = None,
-):
-    """An ``Accelerator`` for gptlite's loop.
-
-    Without a GPU it is built with ``cpu=True``: then ``accelerate launch --multi_gpu --num_processes N``
-    on a CPU-only machine starts ``N`` processes that form a gloo group (``accelerate launch --cpu``
-    starts only one, accelerate issue 2741). The scheduler is stepped by the loop once per optimizer
-    step (Accelerate would otherwise step it once per process), and gradients synchronise every
-    ``grad_accum`` batches regardless of where the loader stands (the loop fetches a step's batches first).
-    """
-    from accelerate import Accelerator
-    from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration
-
-    on_cpu = not _has_accelerator()
-    if on_cpu and mixed_precision == "fp16":
-        raise ValueError("--mixed-precision fp16 needs a GPU; on CPU use bf16 or no")
-    if on_cpu and mixed_precision == "bf16" and not cpu_has_native_bf16():
-        warnings.warn("--mixed-precision bf16: this CPU has no AVX512-BF16 or AMX, so bf16 matrix multiplies are "
-                      "emulated and much slower than fp32; --mixed-precision no is faster here", stacklevel=2)
-    project = None
-    if output_dir is not None:
-        project = ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(Path(output_dir) / "logs"))
-    return Accelerator(
-        cpu=on_cpu,
-        mixed_precision=mixed_precision,
-        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=grad_accum, sync_with_dataloader=False),
-        log_with=list(report_to) if report_to else None,
-        project_config=project,
-        step_scheduler_with_optimizer=False,
-    )
-
-
-def keep_freed_memory(device: torch.device) -> None:
-    """On CPU under glibc, stop ``free`` from handing large blocks back to the OS (a process-wide setting).
-
-    Every step allocates and frees vocabulary-sized logits (hundreds of MB). glibc serves blocks that
-    large with ``mmap`` and unmaps them on free, so each step page-faults them in again: a third of the
-    CPU time went to the kernel, and keeping the memory made steps about 1.5x faster on two cores.
-    """
-    mallopt = getattr(libc(), "mallopt", None) if device.type == "cpu" else None
-    if mallopt is None:  # not Linux with glibc (e.g. musl): nothing to tune
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-    mallopt(m_mmap_threshold, 1 << 30)
-    mallopt(m_trim_threshold, (1 << 31) - 1)
-
-
-def use_tf32(device: torch.device, enabled: bool = True) -> None:
-    """On CUDA, let fp32 matmuls run on TF32 tensor cores (a process-wide setting); CPU matmuls stay exact."""
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high" if enabled else "highest")
-
-
-def seed_everything(seed: int) -> None:
-    """The run's only global seeding: Python's, NumPy's and torch's generators (model init, dropout)."""
-    from accelerate.utils import set_seed
-
-    set_seed(seed)
-
-
-def build_model(config: TrainConfig):
-    """A fresh model with ``config``'s architecture, or the ``--init-from`` model with its dropout and attention."""
-    from gptlite.fast_cpu import FAST_DROPOUT_ATTENTION
-    from gptlite.modeling_gptlite import GPTLiteForCausalLM
-
-    # With fast dropout, SDPA's CPU training steps take the fast-mask attention (SDPA everywhere else).
-    use_fast = config.fast_dropout and config.attn_implementation == "sdpa"
-    attn_implementation = FAST_DROPOUT_ATTENTION if use_fast else config.attn_implementation
-    if config.init_from is None:
-        model = GPTLiteForCausalLM(config.model_config())
-        model.set_attn_implementation(attn_implementation)
-        return model
-    from gptlite.loading import load_model
-
-    model = load_model(
-        config.init_from,
-        dtype=torch.float32,
-        overrides={"drop_rate": config.drop_rate, "fast_dropout": config.fast_dropout},
-        attn_implementation=attn_implementation,
-    )
-    if config.context_length > model.config.context_length:
-        raise ValueError(
-            f"--context-length {config.context_length} exceeds the context_length "
-            f"{model.config.context_length} of --init-from {config.init_from}"
-        )
-    return model.train()
-
-
-def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """The book's AdamW (weight decay on every parameter), with the fused kernel.
-
-    torch has fused AdamW for CUDA and CPU: one pass over each parameter instead of a dozen elementwise
-    kernels, 6-8x faster on this project's 2-core CPU at 124M parameters (the for-each version's passes are
-    memory-bound).
-    """
-    device_type = next(model.parameters()).device.type
-    fused = device_type in ("cuda", "cpu")
-    return torch.optim.AdamW(
-        model.parameters(), lr=config.peak_lr, weight_decay=config.weight_decay, fused=fused or None
-    )
-
-
-def _check_resumable(saved: TrainerState, config: TrainConfig, now: TrainerState, total_steps: int) -> None:
-    # The data order and the schedule depend on these: a resume with other values would not continue the run.
-    same = {
-        "--batch-size": (saved.config.get("batch_size"), config.batch_size),
-        "--grad-accum": (saved.config.get("grad_accum"), config.grad_accum),
-        "--seed": (saved.config.get("seed"), config.seed),
-        "number of processes": (saved.num_processes, now.num_processes),
-        "optimizer steps per epoch": (saved.steps_per_epoch, now.steps_per_epoch),
-        "total optimizer steps": (saved.total_steps, total_steps),
-    }
-    for what, (before, after) in same.items():
-        if before is not None and before != after:
-            raise ValueError(f"--resume-from: the checkpoint was written with {what} {before}, this run has {after}")
+__all__ = ["TrainResult", "train"]
 
 
 def train(config: TrainConfig) -> TrainResult:
-    """Train a model as ``config`` says; write the model, tokenizer, history and plots to ``config.output_dir``."""
+    """Train a model as ``config`` says; write the model, tokenizer, history and plots to ``config.output_dir``.
+
+    Raises:
+        FolderRefused: the output folder holds another run, or another live process trains in it.
+        FolderWriteError: a checkpoint or the final model could not be written (disk full); what was
+            there before is intact.
+        TrainingStopped: SIGINT or SIGTERM stopped the run after a step; it names the checkpoint to resume.
+    """
     if config.book_exact:  # the book's chapter-5 loop, draw for draw
         from gptlite.training.book_exact import train_book_exact
 
         return train_book_exact(config)
-    from gptlite.tokenization import get_hf_tokenizer, get_tokenizer
-    from gptlite.training.data import build_dataloaders
-
     started = time.perf_counter()
-    out = Path(config.output_dir)
-    accelerator = make_accelerator(config.mixed_precision, config.grad_accum, config.report_to, out)
-    resume = resolve_resume(config.resume_from, out)
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        remove_partial_checkpoints(out)
-    if len(get_tokenizer().encode(config.start_context)) >= config.context_length:
-        raise ValueError(f"--start-context {config.start_context!r} leaves no room in --context-length")
+    accelerator = make_accelerator(config.mixed_precision, config.grad_accum, config.report_to, config.output_dir)
+    run = claim_run_folder(config, accelerator)
+    try:
+        session = _Session.set_up(config, accelerator, run)
+        session.restore()
+        session.train_steps()
+        return session.finish(started)
+    finally:
+        run.release()
 
-    keep_freed_memory(accelerator.device)
-    use_tf32(accelerator.device, config.tf32)
-    seed_everything(config.seed)
-    model = build_model(config).to(accelerator.device)
-    with accelerator.main_process_first():  # the main process tokenizes and caches, the others then read
-        train_loader, val_loader = build_dataloaders(config.data_config(), config.batch_size, seed=config.seed)
-    generator = train_loader.generator  # also the sampler's; Accelerate keeps it when preparing
-    train_ds, val_ds = train_loader.dataset, None if val_loader is None else val_loader.dataset
-    optimizer = build_optimizer(model, config)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, train_loader)
 
-    streaming = isinstance(train_ds, IterableDataset)
-    steps_per_epoch = 0 if streaming else len(loader) // config.grad_accum
-    if not streaming and steps_per_epoch == 0:
-        raise ValueError(
-            f"the training split gives {len(loader)} batch(es) of --batch-size {config.batch_size} per process, "
-            f"fewer than one optimizer step of --grad-accum {config.grad_accum}; lower them or add data"
-        )
-    total_steps = config.max_steps or config.epochs * steps_per_epoch
-    schedule = config.lr_schedule(total_steps)
-    scheduler = accelerator.prepare(build_scheduler(optimizer, schedule))
+@dataclass
+class _Session:
+    """One process's share of a run: what :func:`train` sets up, and its named steps."""
 
-    state = TrainerState(steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-                         num_processes=accelerator.num_processes, config=config.to_dict())
-    history = History()
-    if resume is not None:
-        saved = load_trainer_state(resume)
-        _check_resumable(saved, config, state, total_steps)
-        accelerator.load_state(str(resume))
-        state.global_step, state.epoch, state.step_in_epoch = saved.global_step, saved.epoch, saved.step_in_epoch
-        state.tokens_seen, history = saved.tokens_seen, History.from_dict(saved.history)
-    if config.report_to:
-        accelerator.init_trackers("gptlite", config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
-                                                     for k, v in config.to_dict().items()})
+    config: TrainConfig
+    accelerator: object
+    run: RunFolder
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    loader: object
+    scheduler: object
+    schedule: LRSchedule
+    train_ds: object
+    val_ds: object
+    generator: torch.Generator | None
+    streaming: bool
+    steps_per_epoch: int
+    total_steps: int
+    state: TrainerState
+    history: History
+    progress: Progress | None = None
+    evaluated_on: str | None = None  # which batches the last evaluation averaged, for the summary
+    saved_step: int | None = None  # the step of the newest checkpoint
+    flops_per_token: float = 0.0
+    peak_flops: float | None = None
+    peak_source: str = ""
+    tokenizer: object = None  # for the samples after each epoch
 
-    precision = "fp32" if config.mixed_precision in (None, "no") else config.mixed_precision
-    peak_flops, peak_source = device_peak_flops(accelerator.device, precision)
-    flops_per_token = model_flops_per_token(accelerator.unwrap_model(model), config.context_length)
-    progress = Progress(accelerator, total_steps, state.global_step, flops_per_token, peak_flops)
-    if resume is not None:
-        progress.write(f"Resumed from {resume} at optimizer step {state.global_step} "
-                       f"(epoch {state.epoch + 1}, step {state.step_in_epoch} of the epoch)")
-    elif config.resume_from == "latest":
-        progress.write(f"--resume-from latest: no checkpoint in {out / 'checkpoints'} yet, starting from scratch")
-    tokenizer = get_hf_tokenizer()
-    world, accum = accelerator.num_processes, config.grad_accum
+    @classmethod
+    def set_up(cls, config: TrainConfig, accelerator, run: RunFolder) -> _Session:
+        """Model, data, optimizer and schedule, prepared by Accelerate."""
+        from gptlite.tokenization import get_tokenizer
+        from gptlite.training.data import build_dataloaders
 
-    def evaluate() -> None:
+        if len(get_tokenizer().encode(config.start_context)) >= config.context_length:
+            raise ValueError(f"--start-context {config.start_context!r} leaves no room in --context-length")
+        keep_freed_memory(accelerator.device)
+        use_tf32(accelerator.device, config.tf32)
+        seed_everything(config.seed)
+        model = build_model(config).to(accelerator.device)
+        with accelerator.main_process_first():  # the main process tokenizes and caches, the others then read
+            train_loader, val_loader = build_dataloaders(config.data_config(), config.batch_size, seed=config.seed)
+        generator = train_loader.generator  # also the sampler's; Accelerate keeps it when preparing
+        train_ds, val_ds = train_loader.dataset, None if val_loader is None else val_loader.dataset
+        optimizer = build_optimizer(model, config)
+        model, optimizer, loader = accelerator.prepare(model, optimizer, train_loader)
+
+        streaming = isinstance(train_ds, IterableDataset)
+        steps_per_epoch = 0 if streaming else len(loader) // config.grad_accum
+        if not streaming and steps_per_epoch == 0:
+            raise ValueError(
+                f"the training split gives {len(loader)} batch(es) of --batch-size {config.batch_size} per process, "
+                f"fewer than one optimizer step of --grad-accum {config.grad_accum}; lower them or add data"
+            )
+        total_steps = config.max_steps or config.epochs * steps_per_epoch
+        schedule = config.lr_schedule(total_steps)
+        scheduler = accelerator.prepare(build_scheduler(optimizer, schedule))
+        architecture = model_architecture(accelerator.unwrap_model(model).config)
+        state = TrainerState(steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+                             num_processes=accelerator.num_processes, config=config.to_dict(), run_id=run.run_id,
+                             architecture=architecture)
+        return cls(config, accelerator, run, model, optimizer, loader, scheduler, schedule, train_ds, val_ds,
+                   generator, streaming, steps_per_epoch, total_steps, state, History())
+
+    def restore(self) -> None:
+        """Continue from the checkpoint the run resumes from (if any); start the trackers and the progress bar."""
+        from gptlite.tokenization import get_hf_tokenizer
+
+        config, accelerator, state, resume = self.config, self.accelerator, self.state, self.run.resume
+        if resume is not None:
+            saved = load_trainer_state(resume)
+            check_resumable(saved, state, resume)
+            accelerator.load_state(str(resume))
+            state.global_step, state.epoch, state.step_in_epoch = saved.global_step, saved.epoch, saved.step_in_epoch
+            state.tokens_seen, self.history = saved.tokens_seen, History.from_dict(saved.history)
+            self.saved_step = state.global_step
+        if config.report_to:
+            accelerator.init_trackers("gptlite", config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                                                         for k, v in config.to_dict().items()})
+        precision = "fp32" if config.mixed_precision in (None, "no") else config.mixed_precision
+        self.peak_flops, self.peak_source = device_peak_flops(accelerator.device, precision)
+        self.flops_per_token = model_flops_per_token(accelerator.unwrap_model(self.model), config.context_length)
+        self.progress = Progress(accelerator, self.total_steps, state.global_step, self.flops_per_token,
+                                 self.peak_flops)
+        self.tokenizer = get_hf_tokenizer()
+        if resume is not None:
+            self.progress.write(f"Resumed from {resume} at optimizer step {state.global_step} "
+                                f"(epoch {state.epoch + 1}, step {state.step_in_epoch} of the epoch)")
+        elif config.resume_from == "latest":
+            self.progress.write(f"--resume-from latest: no checkpoint of this run in {self.run.path / 'checkpoints'} "
+                                "yet, starting from scratch")
+
+    def evaluate(self) -> None:
+        """The book's evaluation: mean losses over --eval-iter training and validation batches."""
+        config, accelerator, state = self.config, self.accelerator, self.state
         step = state.global_step - 1  # 0-based, the book's global_step
-        lm = accelerator.unwrap_model(model)  # plain forward passes: no DDP hooks, processes may run unequal counts
+        lm = accelerator.unwrap_model(self.model)  # plain forward passes: no DDP hooks, unequal counts are fine
         lm.eval()
         # A fresh random set of training batches at each evaluation, the same whatever the process count.
         shuffled = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-        shards = (config.batch_size, config.eval_iter, accelerator.process_index, world)
-        train_loss = mean_loss(lm, evaluation_batches(train_ds, *shards, generator=shuffled, drop_last=True),
-                               accelerator)
-        val_loss = None if val_ds is None else mean_loss(lm, evaluation_batches(val_ds, *shards), accelerator)
+        shards = (config.batch_size, config.eval_iter, accelerator.process_index, accelerator.num_processes)
+        train_batches = evaluation_batches(self.train_ds, *shards, generator=shuffled, drop_last=True)
+        train_loss, n_train = _mean(loss_sums(lm, train_batches, accelerator))
+        val_loss, n_val = None, 0
+        if self.val_ds is not None:
+            val_loss, n_val = _mean(loss_sums(lm, evaluation_batches(self.val_ds, *shards), accelerator))
         lm.train()
-        epoch = state.epoch + (state.step_in_epoch / steps_per_epoch if steps_per_epoch else 0)
-        history.record_eval(step, epoch, state.tokens_seen, train_loss, val_loss)
-        progress.evaluation(state.epoch, step, state.tokens_seen, train_loss, val_loss)
+        epoch = state.epoch + (state.step_in_epoch / self.steps_per_epoch if self.steps_per_epoch else 0)
+        self.history.record_eval(step, epoch, state.tokens_seen, train_loss, val_loss)
+        self.progress.evaluation(state.epoch, step, state.tokens_seen, train_loss, val_loss)
+        split, n = ("validation", n_val) if self.val_ds is not None else ("training", n_train)
+        every = "all" if n < config.eval_iter else "the first"
+        self.evaluated_on = (f"on {every} {n} {split} batch(es) of --batch-size {config.batch_size} "
+                             f"(--eval-iter {config.eval_iter})")
 
-    def checkpoint() -> None:
-        state.history = history.to_dict()
-        path = save_checkpoint(accelerator, out, state, config.keep_checkpoints)
-        progress.write(f"Saved checkpoint {path}")
+    def checkpoint(self) -> None:
+        self.state.history = self.history.to_dict()
+        path = self.run.save_checkpoint(self.accelerator, self.state, self.config.keep_checkpoints)
+        self.saved_step = self.state.global_step
+        self.progress.write(f"Saved checkpoint {path}")
 
-    def train_step(batches: list) -> None:
-        progress.start_step()
+    def train_step(self, batches: list) -> None:
+        """One optimizer step over ``batches`` (--grad-accum of them), the loss a mean over all their tokens."""
+        accelerator, config, state, model = self.accelerator, self.config, self.state, self.model
+        world, accum = accelerator.num_processes, config.grad_accum
+        self.progress.start_step()
         counts = torch.stack([sum((t != -100).sum() for _, t in batches),
                               torch.tensor(sum(x.numel() for x, _ in batches), device=accelerator.device)])
         n_targets, n_inputs = accelerator.reduce(counts, reduction="sum").tolist()
-        lr = scheduler.get_last_lr()[0]
+        lr = self.scheduler.get_last_lr()[0]
         loss_total = torch.zeros((), dtype=torch.float64, device=accelerator.device)
         for input_ids, target_ids in batches:
             with accelerator.accumulate(model):
@@ -291,87 +210,105 @@ def train(config: TrainConfig) -> TrainResult:
                 accelerator.backward(loss_sum * (world * accum / max(n_targets, 1)))
                 loss_total += loss_sum.detach().double()
                 if accelerator.sync_gradients:
-                    if config.grad_clip is not None and should_clip(state.global_step, schedule.warmup_steps,
+                    if config.grad_clip is not None and should_clip(state.global_step, self.schedule.warmup_steps,
                                                                     config.clip_mode):
                         clip_grad_norm(accelerator, model.parameters(), config.grad_clip)
-                    optimizer.step()
+                    self.optimizer.step()
                     if not accelerator.optimizer_step_was_skipped:
-                        scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
+                        self.scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
         if not accelerator.sync_gradients:
             raise RuntimeError("gradients did not synchronise at the end of an optimizer step")
         loss = accelerator.reduce(loss_total, reduction="sum").item() / max(n_targets, 1)
         state.global_step += 1
         state.step_in_epoch += 1
         state.tokens_seen += n_inputs
-        history.record_step(lr, loss)
-        progress.end_step(state.global_step, loss, lr, n_inputs)
+        self.history.record_step(lr, loss)
+        self.progress.end_step(state.global_step, loss, lr, n_inputs)
 
-    model.train()
-    epoch, start = state.epoch, state.step_in_epoch
-    if steps_per_epoch and start >= steps_per_epoch:
-        epoch, start = epoch + 1, 0
-    saved_step = state.global_step if resume is not None else None
-    while state.global_step < total_steps:
-        state.epoch, state.step_in_epoch = epoch, start
-        if generator is not None:
-            generator.manual_seed(config.seed + epoch)
-        epoch_loader = accelerator.skip_first_batches(loader, start * accum) if start else loader
-        epoch_loader.set_epoch(epoch)  # a stream's shuffle buffer is seeded by the epoch
-        batches, stream_ended = iter(epoch_loader), False
-        while state.global_step < total_steps and (streaming or state.step_in_epoch < steps_per_epoch):
-            step_batches = list(islice(batches, accum))
-            if len(step_batches) < accum:  # only a stream runs dry: its epoch is over
-                stream_ended = True
-                break
-            train_step(step_batches)
-            if (state.global_step - 1) % config.eval_freq == 0:
-                evaluate()
-            epoch_done = not streaming and state.step_in_epoch == steps_per_epoch
-            if config.checkpoint_every and state.global_step % config.checkpoint_every == 0 and not epoch_done:
-                checkpoint()
-                saved_step = state.global_step
-        del batches
-        if stream_ended and state.step_in_epoch == 0:
-            raise ValueError(f"the training stream gave fewer than --grad-accum {accum} batch(es) in an epoch")
-        if stream_ended or (not streaming and state.step_in_epoch == steps_per_epoch):
-            if accelerator.is_main_process:
-                progress.write(sample_text(accelerator.unwrap_model(model), tokenizer, config.start_context,
-                                           config.sample_tokens))
-            state.epoch, state.step_in_epoch = epoch + 1, 0
-            checkpoint()
-            saved_step = state.global_step
-        epoch, start = epoch + 1, 0
-    if saved_step != state.global_step:  # stopped by --max-steps inside an epoch
-        checkpoint()
-    progress.close()
-    _save_outputs(accelerator, model, config, history, out)
-    minutes, seconds = divmod(time.perf_counter() - started, 60)
-    accelerator.print(f"{state.global_step} optimizer steps, {state.tokens_seen:,} tokens seen; this run took "
-                      f"{int(minutes)}m{seconds:04.1f}s, training at {progress.tokens_per_second:,.0f} tokens/s")
-    if progress.mfu is not None:
-        accelerator.print(f"model FLOP utilisation {progress.mfu:.1%} per device ({flops_per_token / 1e9:.2f} GFLOP "
-                          f"per token; peak {peak_flops / 1e12:.2f} TFLOP/s, {peak_source})")
-    accelerator.end_training()
-    return TrainResult(out, history, state.global_step, state.tokens_seen, progress.tokens_per_second, resume)
+    def train_steps(self) -> None:
+        """Epochs of optimizer steps up to the run's last, with evaluations, samples and checkpoints.
+
+        A SIGINT/SIGTERM ends the step in progress (and its evaluation and epoch end, if due), writes a
+        checkpoint and raises :class:`TrainingStopped`.
+        """
+        config, accelerator, state = self.config, self.accelerator, self.state
+        accum, steps_per_epoch, total_steps = config.grad_accum, self.steps_per_epoch, self.total_steps
+        self.model.train()
+        epoch, start = state.epoch, state.step_in_epoch
+        if steps_per_epoch and start >= steps_per_epoch:
+            epoch, start = epoch + 1, 0
+        stopping = None
+        with StopSignals() as signals:
+            while state.global_step < total_steps and stopping is None:
+                state.epoch, state.step_in_epoch = epoch, start
+                if self.generator is not None:
+                    self.generator.manual_seed(config.seed + epoch)
+                epoch_loader = accelerator.skip_first_batches(self.loader, start * accum) if start else self.loader
+                epoch_loader.set_epoch(epoch)  # a stream's shuffle buffer is seeded by the epoch
+                batches, stream_ended = iter(epoch_loader), False
+                while state.global_step < total_steps and (self.streaming or state.step_in_epoch < steps_per_epoch):
+                    step_batches = list(islice(batches, accum))
+                    if len(step_batches) < accum:  # only a stream runs dry: its epoch is over
+                        stream_ended = True
+                        break
+                    self.train_step(step_batches)
+                    # The last step is evaluated too: the final losses reported are the saved model's.
+                    if (state.global_step - 1) % config.eval_freq == 0 or state.global_step == total_steps:
+                        self.evaluate()
+                    epoch_done = not self.streaming and state.step_in_epoch == steps_per_epoch
+                    if config.checkpoint_every and state.global_step % config.checkpoint_every == 0 and not epoch_done:
+                        self.checkpoint()
+                    stopping = signals.agreed(accelerator)
+                    if stopping is not None:
+                        break
+                del batches
+                if stream_ended and state.step_in_epoch == 0:
+                    raise ValueError(f"the training stream gave fewer than --grad-accum {accum} batch(es) in an epoch")
+                if stream_ended or (not self.streaming and state.step_in_epoch == steps_per_epoch):
+                    self.end_epoch(epoch)
+                epoch, start = epoch + 1, 0
+            if self.saved_step != state.global_step:  # stopped by --max-steps or a signal inside an epoch
+                self.checkpoint()
+        self.progress.close()
+        if stopping is not None:
+            self.finish_trackers()
+            raise TrainingStopped(stopping, state.global_step, total_steps, self.run.path / "checkpoints"
+                                  / f"checkpoint-{state.global_step}")
+
+    def end_epoch(self, epoch: int) -> None:
+        """The book's greedy sample, then the epoch's checkpoint."""
+        if self.accelerator.is_main_process:
+            lm = self.accelerator.unwrap_model(self.model)
+            self.progress.write(sample_text(lm, self.tokenizer, self.config.start_context,
+                                            self.config.sample_tokens))
+        self.state.epoch, self.state.step_in_epoch = epoch + 1, 0
+        self.checkpoint()
+
+    def finish_trackers(self) -> None:
+        # Before the final save: the folder is swapped whole, so nothing may still be writing logs/ into it.
+        for tracker in self.accelerator.trackers:
+            tracker.finish()
+        self.accelerator.trackers = []
+
+    def finish(self, started: float) -> TrainResult:
+        """Write the final model folder whole, print the summary, end the trackers."""
+        accelerator, state, config = self.accelerator, self.state, self.config
+        self.finish_trackers()
+        evaluated_on = self.evaluated_on or f"on up to --eval-iter {config.eval_iter} batches"
+        save_outputs(accelerator, self.model, config, self.history, self.run, evaluated_on, self.total_steps)
+        minutes, seconds = divmod(time.perf_counter() - started, 60)
+        progress = self.progress
+        accelerator.print(f"{state.global_step} optimizer steps, {state.tokens_seen:,} tokens seen; this run took "
+                          f"{int(minutes)}m{seconds:04.1f}s, training at {progress.tokens_per_second:,.0f} tokens/s")
+        if progress.mfu is not None:
+            accelerator.print(f"model FLOP utilisation {progress.mfu:.1%} per device ({self.flops_per_token / 1e9:.2f}"
+                              f" GFLOP per token; peak {self.peak_flops / 1e12:.2f} TFLOP/s, {self.peak_source})")
+        accelerator.end_training()
+        return TrainResult(self.run.path, self.history, state.global_step, state.tokens_seen,
+                           progress.tokens_per_second, self.run.resume)
 
 
-def _save_outputs(accelerator, model, config: TrainConfig, history: History, out: Path) -> None:
-    from gptlite.tokenization import save_tokenizer
-    from gptlite.training.data import train_source
-    from gptlite.training.plots import plot_losses, plot_lr
-
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        return
-    unwrapped = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
-    unwrapped.save_pretrained(out)  # config.json, model.safetensors, generation_config.json, the model's code
-    save_tokenizer(out, model_max_length=unwrapped.config.context_length)
-    history.save(out / "history.json", dataset=train_source(config.data_config()).describe())
-    (out / "train_config.json").write_text(json.dumps(config.to_dict(), indent=1), encoding="utf-8")
-    if history.step:
-        plot_losses(history, out / "loss.png")
-    plot_lr(history, out / "lr.png")
-    ppl = math.exp(history.val_loss[-1]) if history.val_loss and history.val_loss[-1] is not None else None
-    summary = f"Saved the model, tokenizer, history.json, loss.png and lr.png in {out}"
-    accelerator.print(summary + (f" (final validation perplexity {ppl:.1f})" if ppl is not None else ""))
+def _mean(sums: tuple[float, int, int]) -> tuple[float, int]:
+    total, count, n_batches = sums
+    return (total / count if count > 0 else float("nan")), n_batches

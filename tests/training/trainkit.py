@@ -100,3 +100,20 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
 def max_abs_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     assert a.keys() == b.keys()
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+def tree_hashes(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """SHA-256 of every file under ``folder`` (relative paths), leaving out paths starting with ``skip``."""
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and not str(p.relative_to(folder)).startswith(skip)}
+
+
+def folder_logits(folder: Path) -> torch.Tensor:
+    """The logits a saved model gives on a fixed input, loaded from ``folder`` as a user would."""
+    from gptlite.modeling_gptlite import GPTLiteForCausalLM
+
+    model = GPTLiteForCausalLM.from_pretrained(folder).eval()
+    with torch.no_grad():
+        return model(torch.arange(8).unsqueeze(0)).logits
