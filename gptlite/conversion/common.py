@@ -12,7 +12,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from ..configuration_gptlite import GPTLiteConfig
 from ..modeling_gptlite import GPTLiteForCausalLM
 from .names import from_gptlite_layout, rows, to_gptlite_layout
-from .storage import ConversionError, TensorSource, write_safetensors
+from .storage import ConversionError, FlagError, TensorSource, write_safetensors
 
 __all__ = [
     "ConversionResult",
@@ -43,12 +43,14 @@ class ConversionResult:
         config: the written model's config (`GPTLiteConfig`, or `GPT2Config` for `to_hf`).
         dtype: dtype of the written weights.
         max_logit_diff: with `verify=True`, the largest |logit difference| between source and result.
+        tolerance: with `verify=True`, the largest difference accepted for `dtype` (see `verify.py`).
     """
 
     out_dir: Path
     config: PretrainedConfig
     dtype: torch.dtype
     max_logit_diff: float | None = None
+    tolerance: float | None = None
 
 
 def parse_dtype(dtype: str | torch.dtype | None, default: torch.dtype, flag: str = "--dtype") -> torch.dtype:
@@ -59,7 +61,7 @@ def parse_dtype(dtype: str | torch.dtype | None, default: torch.dtype, flag: str
         return dtype
     if isinstance(dtype, str) and dtype.lower() in _DTYPES:
         return _DTYPES[dtype.lower()]
-    raise ConversionError(f"{flag}: unsupported dtype {dtype!r}; choose one of {', '.join(DTYPE_CHOICES)}")
+    raise FlagError(f"{flag}: unsupported dtype {dtype!r}; choose one of {', '.join(DTYPE_CHOICES)}")
 
 
 def meta_model(
@@ -129,21 +131,23 @@ def write_gptlite(
 def check_gpt2_source(
     found: dict[str, tuple[int, ...] | None],
     expected: dict[str, tuple[int, ...]],
-    where: Path,
+    where: Path | Callable[[str], Path],
     hint: str,
     label: Callable[[str], str] = str,
 ) -> None:
     """Every expected GPT-2 tensor present with its shape (Hugging Face layout).
 
-    `found[name]` is None (or absent) when the tensor is missing; `label(name)` is how the source names it.
+    `found[name]` is None (or absent) when the tensor is missing; `label(name)` is how the source names it,
+    and `where(name)` the file that holds it (or `where` itself for a one-file source).
     """
+    file_of = where if callable(where) else lambda name: where
     for name, shape in expected.items():
         actual = found.get(name)
         if actual is None:
-            raise ConversionError(f"{where}: tensor {label(name)} is missing")
+            raise ConversionError(f"{file_of(name)}: tensor {label(name)} is missing")
         if tuple(actual) != shape:
             raise ConversionError(
-                f"{where}: tensor {label(name)} has shape {list(actual)}, but {hint} needs {list(shape)}"
+                f"{file_of(name)}: tensor {label(name)} has shape {list(actual)}, but {hint} needs {list(shape)}"
             )
 
 
@@ -171,13 +175,13 @@ def check_gptlite_source(
             raise ConversionError(f"{source.path}: tensor {name} is missing{hint(name)}")
         if source.shape(name) != shape:
             raise ConversionError(
-                f"{source.path}: tensor {name} has shape {list(source.shape(name))}, but {described_by} "
+                f"{source.file_of(name)}: tensor {name} has shape {list(source.shape(name))}, but {described_by} "
                 f"needs {list(shape)}"
             )
     extra = sorted(found - set(expected))
     if extra:
         raise ConversionError(
-            f"{source.path}: tensor {extra[0]} is not part of the model {described_by} describes"
+            f"{source.file_of(extra[0])}: tensor {extra[0]} is not part of the model {described_by} describes"
             f"{hint(extra[0])} ({len(extra)} unexpected tensors){extra_reason}"
         )
     return list(expected)

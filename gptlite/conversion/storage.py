@@ -25,6 +25,7 @@ from gptlite._libc import libc
 
 __all__ = [
     "ConversionError",
+    "FlagError",
     "open_weights",
     "SafetensorsSource",
     "StateDictSource",
@@ -52,6 +53,10 @@ class ConversionError(ValueError):
     """A checkpoint cannot be converted; the message names the file, tensor, field or flag at fault."""
 
 
+class FlagError(ConversionError):
+    """An option's value is unusable (`--dtype`, `--preset`, `--config`): a usage error, exit status 2."""
+
+
 class TensorSource(Protocol):
     """A checkpoint's tensors by name, read one at a time."""
 
@@ -62,6 +67,8 @@ class TensorSource(Protocol):
     def shape(self, name: str) -> tuple[int, ...]: ...
 
     def get(self, name: str) -> torch.Tensor: ...
+
+    def file_of(self, name: str) -> Path: ...
 
 
 class SafetensorsSource:
@@ -88,6 +95,10 @@ class SafetensorsSource:
     def shape(self, name: str) -> tuple[int, ...]:
         return self._where[name][1]
 
+    def file_of(self, name: str) -> Path:
+        """The shard that holds `name` (errors name it, not just the folder)."""
+        return self._where[name][0] if name in self._where else self.path
+
     def get(self, name: str) -> torch.Tensor:
         file = self._where[name][0]
         with safe_open(file, framework="pt") as f:
@@ -111,6 +122,9 @@ class StateDictSource:
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._tensors[name].shape)
+
+    def file_of(self, name: str) -> Path:
+        return self.path
 
     def get(self, name: str) -> torch.Tensor:
         tensor = self._tensors[name]
