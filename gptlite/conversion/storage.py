@@ -87,7 +87,9 @@ class SafetensorsSource:
                     for name in f.keys():
                         self._where[name] = (file, tuple(f.get_slice(name).get_shape()))
             except (SafetensorError, OSError) as err:
-                raise ConversionError(f"{file}: not a readable safetensors file ({err})") from None
+                raise ConversionError(
+                    f"{file}: not a readable safetensors file ({_truncated_tensor(file) or err})"
+                ) from None
 
     def names(self) -> set[str]:
         return set(self._where)
@@ -103,6 +105,23 @@ class SafetensorsSource:
         file = self._where[name][0]
         with safe_open(file, framework="pt") as f:
             return f.get_tensor(name)
+
+
+def _truncated_tensor(file: Path) -> str | None:
+    """Which tensor a truncated (but otherwise well-formed) safetensors file cuts short, if that is the fault."""
+    try:
+        with open(file, "rb") as f:
+            (header_size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(header_size))
+        size = file.stat().st_size - 8 - header_size
+        ends = {name: entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"}
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, struct.error):
+        return None
+    cut = [name for name, end in sorted(ends.items(), key=lambda item: item[1]) if end > size]
+    if not cut:
+        return None
+    return (f"truncated: tensor {cut[0]} ends at data byte {ends[cut[0]]}, but the file holds only {max(size, 0)} "
+            f"bytes of data ({len(cut)} tensors cut short)")
 
 
 class StateDictSource:
