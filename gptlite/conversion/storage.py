@@ -112,6 +112,8 @@ def _truncated_tensor(file: Path) -> str | None:
     try:
         with open(file, "rb") as f:
             (header_size,) = struct.unpack("<Q", f.read(8))
+            if header_size > file.stat().st_size - 8:
+                return None  # the header itself is cut short (or the file is not safetensors)
             header = json.loads(f.read(header_size))
         size = file.stat().st_size - 8 - header_size
         ends = {name: entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"}
