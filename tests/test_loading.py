@@ -147,7 +147,7 @@ def test_a_wrongly_shaped_gptlite_tensor_is_named_with_both_shapes(tmp_path):
     tensors = load_file(weights)
     tensors["model.trf_blocks.1.att.W_query.weight"] = torch.zeros(24, 48)
     save_file(tensors, weights, metadata={"format": "pt"})
-    with pytest.raises(InputFileError, match=r"tensor trf_blocks.1.att.W_query.weight has shape \[24, 48\], but "
+    with pytest.raises(InputFileError, match=r"tensor model.trf_blocks.1.att.W_query.weight has shape \[24, 48\], but "
                                              r".*config.json needs \[48, 48\]"):
         load_model(tmp_path / "m")
 

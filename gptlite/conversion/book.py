@@ -14,8 +14,10 @@ from typing import Any
 import torch
 
 from ..configuration_gptlite import GPTLiteConfig
+from ..folders import atomic_folder
 from .common import ConversionResult, book_named, check_gptlite_source, parse_dtype, write_gptlite
-from .storage import ConversionError, TensorSource, load_torch_file
+from .output import check_conversion_output
+from .storage import ConversionError, FlagError, TensorSource, load_torch_file
 
 __all__ = ["book_config", "from_book"]
 
@@ -27,25 +29,31 @@ def book_config(
     `config` is a mapping with the book's keys (`GPT_CONFIG_124M`), a JSON string, or a JSON file path.
     """
     if (preset is None) == (config is None):
-        raise ConversionError("give exactly one of --preset NAME or --config JSON")
+        raise FlagError("give exactly one of --preset NAME or --config JSON")
     if preset is not None:
         try:
             return GPTLiteConfig.from_preset(preset), False
         except ValueError as err:
-            raise ConversionError(f"--preset: {err}") from None
+            raise FlagError(f"--preset: {err}") from None
     if isinstance(config, (str, Path)):
         text = str(config)
         source = "--config"
         if not text.lstrip().startswith("{"):
-            source, text = text, Path(text).read_text()
+            source = f"--config {text}"
+            try:
+                text = Path(text).read_text()
+            except (OSError, UnicodeDecodeError) as err:
+                raise FlagError(f"{source}: neither inline JSON nor a readable JSON file ({err})") from None
         try:
             config = json.loads(text)
         except json.JSONDecodeError as err:
-            raise ConversionError(f"{source}: not valid JSON ({err})") from None
+            raise FlagError(f"{source}: not valid JSON ({err})") from None
+    if not isinstance(config, Mapping):
+        raise FlagError(f"--config: expected a JSON object of the book's config keys, got {type(config).__name__}")
     try:
         return GPTLiteConfig(**config), "tie_word_embeddings" in config
     except (TypeError, ValueError) as err:
-        raise ConversionError(f"--config: {err}") from None
+        raise FlagError(f"--config: {err}") from None
 
 
 def _decide_tying(config: GPTLiteConfig, explicit: bool, source: TensorSource) -> None:
@@ -79,6 +87,7 @@ def from_book(
     config: str | Path | Mapping[str, Any] | None = None,
     dtype: str | torch.dtype | None = None,
     verify: bool = False,
+    overwrite: bool = False,
 ) -> ConversionResult:
     """Convert the book's saved `GPTModel` to a gptlite folder.
 
@@ -90,13 +99,21 @@ def from_book(
         config: the book's config dict (e.g. `GPT_CONFIG_124M`), as a mapping, JSON string or JSON file.
         dtype: `float32`, `float16` or `bfloat16`; default: the checkpoint's.
         verify: compare logits with transformers' GPT-2 holding the same weights.
+        overwrite: replace a non-empty `out` that is not a previous gptlite output (see `output.py`).
 
+    The folder appears whole or not at all: it is written beside `out`, verified, and swapped into place.
     The head is tied to the token embedding exactly when `out_head.weight` equals `tok_emb.weight`
     (as after loading OpenAI's weights), unless the config sets `tie_word_embeddings`.
 
     Raises:
-        ConversionError: naming the tensor (and both shapes) that does not fit the config.
+        FolderRefused: `out` is (or contains) the .pth or config file, or holds something other than a
+            gptlite model.
+        ConversionError: naming the tensor (and both shapes) that does not fit the config; a failed
+            verification (`VerificationFailed`).
+        FolderWriteError: the disk filled up (or a write failed); a previous `out` is left as it was.
     """
+    config_file = config if isinstance(config, (str, Path)) and not str(config).lstrip().startswith("{") else None
+    out = check_conversion_output(out, "gptlite", inputs=[pth, config_file], overwrite=overwrite)
     gptlite_config, explicit_tying = book_config(preset, config)
     # The book's names; a gptlite state dict (its trunk under `model.`) reads the same way.
     source = book_named(load_torch_file(pth, unwrap=("model_state_dict",)))
@@ -104,14 +121,15 @@ def from_book(
     names = check_gptlite_source(gptlite_config, source, "the config", _qkv_bias_hint)
 
     out_dtype = parse_dtype(dtype, default=source.get("tok_emb.weight").dtype)
-    write_gptlite(out, gptlite_config, out_dtype, ((name, source.get(name)) for name in names))
-    result = ConversionResult(Path(out), gptlite_config, out_dtype)
-    if verify:
-        from .configs import to_gpt2_config
-        from .export import gpt2_tensors
-        from .verify import compare_to_gptlite, gpt2_from_tensors
+    result = ConversionResult(out, gptlite_config, out_dtype)
+    with atomic_folder(out) as tmp:
+        write_gptlite(tmp, gptlite_config, out_dtype, ((name, source.get(name)) for name in names))
+        if verify:
+            from .configs import to_gpt2_config
+            from .export import gpt2_tensors
+            from .verify import gpt2_from_tensors, verify_gptlite
 
-        pairs = gpt2_tensors(gptlite_config, source.get)
-        reference = gpt2_from_tensors(to_gpt2_config(gptlite_config), pairs)
-        result.max_logit_diff = compare_to_gptlite(reference, out)
+            pairs = gpt2_tensors(gptlite_config, source.get)
+            reference = gpt2_from_tensors(to_gpt2_config(gptlite_config), pairs)
+            result.max_logit_diff, result.tolerance = verify_gptlite(reference, tmp, out_dtype, out)
     return result

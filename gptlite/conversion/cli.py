@@ -6,6 +6,8 @@
     gptlite-convert to-hf out/gpt2-lite out/gpt2-plain
 
 Each subcommand calls the function of the same name in `gptlite.conversion` with the same arguments.
+Exit status: 0 written; 1 the conversion failed (bad checkpoint, CRC error, failed --verify, disk full),
+and OUT was left as it was; 2 usage error (bad flags, OUT refused); 130 interrupted (Ctrl-C), OUT as it was.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
+from ..folders import FolderRefused, FolderWriteError
 from .common import DTYPE_CHOICES, ConversionResult
 from .download import DownloadError
 
@@ -33,7 +37,11 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("out", metavar="OUT", help="output folder")
         sub.add_argument("--dtype", choices=DTYPE_CHOICES, help="weights dtype (default: the source's)")
         sub.add_argument("--verify", action="store_true",
-                         help="run source and result on the same tokens; print the largest logit difference")
+                         help="run source and result on the same tokens; fail (and write nothing) if the largest "
+                              "logit difference exceeds the dtype's tolerance")
+        sub.add_argument("--overwrite", action="store_true",
+                         help="replace OUT whole even if it holds something other than a previous output of this "
+                              "command (its other files are deleted)")
         return sub
 
     sub = command("from-hf", "Hugging Face GPT-2 checkpoint -> gptlite", "src",
@@ -56,7 +64,7 @@ def _run(args: argparse.Namespace) -> ConversionResult:
     # Imported here so that `--help` stays fast (the converters import torch and transformers).
     from . import book, export, hf, openai
 
-    common = {"dtype": args.dtype, "verify": args.verify}
+    common = {"dtype": args.dtype, "verify": args.verify, "overwrite": args.overwrite}
     if args.command == "from-hf":
         return hf.from_hf(args.src, args.out, cache_dir=args.cache_dir, **common)
     if args.command == "from-openai":
@@ -67,15 +75,32 @@ def _run(args: argparse.Namespace) -> ConversionResult:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `gptlite-convert`; returns the exit status (0 ok, 1 conversion failed, 2 usage)."""
-    args = _parser().parse_args(argv)
-    from .storage import ConversionError
+    """Entry point of `gptlite-convert`; returns the exit status (0 ok, 1 failed, 2 usage, 130 interrupted)."""
+    args = _parser().parse_args(argv)  # exits 2 on a bad flag
+    from .storage import ConversionError, FlagError
 
+    command = f"gptlite-convert {args.command}"
+    out = Path(args.out)
+    # Every failure happens before the new folder is swapped in, so whatever was at OUT is still there.
+    unchanged = f"{out} was left as it was" if out.exists() else f"{out} was not created"
     start = time.perf_counter()
     try:
         result = _run(args)
-    except (ConversionError, DownloadError, FileNotFoundError) as err:
-        print(f"gptlite-convert {args.command}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"{command}: interrupted; {unchanged}", file=sys.stderr)
+        return 130
+    except (FolderRefused, FlagError) as err:
+        print(f"{command}: error: {err}", file=sys.stderr)
+        return 2
+    except FolderWriteError as err:  # says itself what is intact
+        print(f"{command}: error: {err}", file=sys.stderr)
+        return 1
+    except (ConversionError, DownloadError, OSError) as err:
+        print(f"{command}: error: {err} ({unchanged})", file=sys.stderr)
+        return 1
+    except Exception as err:  # a bug, or a library's error gptlite does not know yet: still one line
+        print(f"{command}: error: unexpected {type(err).__name__}: {err} ({unchanged}); please report this",
+              file=sys.stderr)
         return 1
     config = result.config
     print(
@@ -84,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         f"in {time.perf_counter() - start:.1f} s"
     )
     if result.max_logit_diff is not None:
-        print(f"verify: largest logit difference between source and result: {result.max_logit_diff:.3g}")
+        print(
+            f"verify: largest logit difference between source and result: {result.max_logit_diff:.3g} "
+            f"(within the {str(result.dtype).removeprefix('torch.')} tolerance {result.tolerance:.3g})"
+        )
     return 0
 
 

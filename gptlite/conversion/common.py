@@ -12,7 +12,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from ..configuration_gptlite import GPTLiteConfig
 from ..modeling_gptlite import GPTLiteForCausalLM
 from .names import book_name, from_gptlite_layout, rows, state_dict_name, to_gptlite_layout
-from .storage import ConversionError, RenamedSource, TensorSource, write_safetensors
+from .storage import ConversionError, FlagError, RenamedSource, TensorSource, write_safetensors
 
 __all__ = [
     "ConversionResult",
@@ -44,12 +44,14 @@ class ConversionResult:
         config: the written model's config (`GPTLiteConfig`, or `GPT2Config` for `to_hf`).
         dtype: dtype of the written weights.
         max_logit_diff: with `verify=True`, the largest |logit difference| between source and result.
+        tolerance: with `verify=True`, the largest difference accepted for `dtype` (see `verify.py`).
     """
 
     out_dir: Path
     config: PretrainedConfig
     dtype: torch.dtype
     max_logit_diff: float | None = None
+    tolerance: float | None = None
 
 
 def parse_dtype(dtype: str | torch.dtype | None, default: torch.dtype, flag: str = "--dtype") -> torch.dtype:
@@ -60,7 +62,7 @@ def parse_dtype(dtype: str | torch.dtype | None, default: torch.dtype, flag: str
         return dtype
     if isinstance(dtype, str) and dtype.lower() in _DTYPES:
         return _DTYPES[dtype.lower()]
-    raise ConversionError(f"{flag}: unsupported dtype {dtype!r}; choose one of {', '.join(DTYPE_CHOICES)}")
+    raise FlagError(f"{flag}: unsupported dtype {dtype!r}; choose one of {', '.join(DTYPE_CHOICES)}")
 
 
 def meta_model(
@@ -131,21 +133,23 @@ def write_gptlite(
 def check_gpt2_source(
     found: dict[str, tuple[int, ...] | None],
     expected: dict[str, tuple[int, ...]],
-    where: Path,
+    where: Path | Callable[[str], Path],
     hint: str,
     label: Callable[[str], str] = str,
 ) -> None:
     """Every expected GPT-2 tensor present with its shape (Hugging Face layout).
 
-    `found[name]` is None (or absent) when the tensor is missing; `label(name)` is how the source names it.
+    `found[name]` is None (or absent) when the tensor is missing; `label(name)` is how the source names it,
+    and `where(name)` the file that holds it (or `where` itself for a one-file source).
     """
+    file_of = where if callable(where) else lambda name: where
     for name, shape in expected.items():
         actual = found.get(name)
         if actual is None:
-            raise ConversionError(f"{where}: tensor {label(name)} is missing")
+            raise ConversionError(f"{file_of(name)}: tensor {label(name)} is missing")
         if tuple(actual) != shape:
             raise ConversionError(
-                f"{where}: tensor {label(name)} has shape {list(actual)}, but {hint} needs {list(shape)}"
+                f"{file_of(name)}: tensor {label(name)} has shape {list(actual)}, but {hint} needs {list(shape)}"
             )
 
 
@@ -172,6 +176,7 @@ def check_gptlite_source(
     model = meta_model(GPTLiteForCausalLM, config, torch.float32)
     expected = {book_name(name): tuple(t.shape) for name, t in model.state_dict().items()}
     found = {name for name in source.names() if not name.endswith(".att.mask")}
+    in_file = getattr(source, "file_name", lambda name: name)  # messages name the tensor as the file does
     if config.tie_word_embeddings:
         expected.pop("out_head.weight")
         found.discard("out_head.weight")
@@ -180,13 +185,13 @@ def check_gptlite_source(
             raise ConversionError(f"{source.path}: tensor {name} is missing{hint(name)}")
         if source.shape(name) != shape:
             raise ConversionError(
-                f"{source.path}: tensor {name} has shape {list(source.shape(name))}, but {described_by} "
-                f"needs {list(shape)}"
+                f"{source.file_of(name)}: tensor {in_file(name)} has shape {list(source.shape(name))}, "
+                f"but {described_by} needs {list(shape)}"
             )
     extra = sorted(found - set(expected))
     if extra:
         raise ConversionError(
-            f"{source.path}: tensor {extra[0]} is not part of the model {described_by} describes"
+            f"{source.file_of(extra[0])}: tensor {in_file(extra[0])} is not part of the model {described_by} describes"
             f"{hint(extra[0])} ({len(extra)} unexpected tensors){extra_reason}"
         )
     return list(expected)

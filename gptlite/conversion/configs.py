@@ -17,18 +17,22 @@ __all__ = ["from_gpt2_config", "from_openai_hparams", "read_gpt2_config", "to_gp
 _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
 
-def _read_json(path: Path, why_needed: str) -> dict:
+def read_json(path: Path, why_needed: str) -> dict:
+    """A JSON object from `path`; an error naming the file if it is missing, not JSON or not an object."""
     try:
-        return json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} does not exist: {why_needed}") from None
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConversionError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(raw, dict):
+        raise ConversionError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    return raw
 
 
 def read_gpt2_config(path: Path) -> GPT2Config:
     """A Hugging Face GPT-2 `config.json`, refusing other model types."""
-    raw = _read_json(path, "a GPT-2 checkpoint needs its config.json")
+    raw = read_json(path, "a GPT-2 checkpoint needs its config.json")
     model_type = raw.get("model_type")
     if model_type != "gpt2":
         raise ConversionError(f"{path}: model_type is {model_type!r}; only 'gpt2' checkpoints convert")
@@ -104,7 +108,7 @@ def from_openai_hparams(path: Path) -> GPTLiteConfig:
     OpenAI's GPT-2 ties the output head to the token embedding, has query/key/value biases, and uses
     LayerNorm epsilon 1e-5 (the value in its model.py).
     """
-    hparams = _read_json(path, "OpenAI's checkpoints have an hparams.json")
+    hparams = read_json(path, "OpenAI's checkpoints have an hparams.json")
     fields = {"n_vocab": "vocab_size", "n_ctx": "context_length", "n_embd": "emb_dim", "n_head": "n_heads",
               "n_layer": "n_layers"}
     missing = [key for key in fields if key not in hparams]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,10 +10,12 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from ..configuration_gptlite import GPTLiteConfig
+from ..folders import atomic_folder
 from ..modeling_gptlite import GPTLiteForCausalLM
 from .common import ConversionResult, book_named, check_gptlite_source, meta_model, parse_dtype, save_streaming
-from .configs import to_gpt2_config
+from .configs import read_json, to_gpt2_config
 from .names import from_gptlite_layout, rows
+from .output import check_conversion_output
 from .storage import ConversionError, StateDictSource, TensorSource, open_weights
 
 __all__ = ["gpt2_tensors", "to_hf"]
@@ -46,12 +47,13 @@ def _open_gptlite(src: str | Path | GPTLiteForCausalLM) -> tuple[GPTLiteConfig, 
         return src.config, book_named(StateDictSource(src.state_dict(), "<model>"))
     folder = Path(src)
     config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} does not exist: expected a gptlite folder (save_pretrained)")
-    raw = json.loads(config_path.read_text())
+    raw = read_json(config_path, "expected a gptlite folder (save_pretrained)")
     if raw.get("model_type") != "gptlite":
         raise ConversionError(f"{config_path}: model_type is {raw.get('model_type')!r}, not 'gptlite'")
-    config = GPTLiteConfig.from_pretrained(folder)
+    try:
+        config = GPTLiteConfig.from_pretrained(folder)
+    except (TypeError, ValueError) as err:  # a field of the wrong type or value
+        raise ConversionError(f"{config_path}: {err}") from None
     return config, book_named(open_weights(folder))
 
 
@@ -60,6 +62,7 @@ def to_hf(
     out: str | Path,
     dtype: str | torch.dtype | None = None,
     verify: bool = False,
+    overwrite: bool = False,
 ) -> ConversionResult:
     """Write a gptlite model as a plain `GPT2LMHeadModel` folder, with GPT-2's tokenizer files.
 
@@ -71,12 +74,20 @@ def to_hf(
         out: output folder, loadable with `GPT2LMHeadModel.from_pretrained` / `AutoModelForCausalLM`.
         dtype: `float32`, `float16` or `bfloat16`; default: the source's.
         verify: compare the written GPT-2 with the source model on the same tokens.
+        overwrite: replace a non-empty `out` that is not a previous plain GPT-2 output (see `output.py`).
+
+    The folder appears whole or not at all: it is written beside `out`, verified, and swapped into place.
 
     Raises:
-        ConversionError: for a folder that is not gptlite, or missing, misshapen or extra tensors.
+        FolderRefused: `out` is (or contains) the source, or holds something other than a plain GPT-2 model.
+        ConversionError: for a folder that is not gptlite, or missing, misshapen or extra tensors; a failed
+            verification (`VerificationFailed`).
+        FolderWriteError: the disk filled up (or a write failed); a previous `out` is left as it was.
     """
     from ..tokenization import N_VOCAB, save_tokenizer
 
+    source_folder = None if isinstance(src, GPTLiteForCausalLM) else src
+    out = check_conversion_output(out, "gpt2", inputs=[source_folder], overwrite=overwrite)
     config, source = _open_gptlite(src)
     no_place = "; a GPT2LMHeadModel has no place for it, so this model cannot be written as GPT-2"
     check_gptlite_source(config, source, "config.json", extra_reason=no_place)
@@ -85,18 +96,18 @@ def to_hf(
 
     out_dtype = parse_dtype(dtype, default=source.get("tok_emb.weight").dtype)
     model = meta_model(GPT2LMHeadModel, gpt2_config, out_dtype)
-    out = Path(out)
-    save_streaming(model, out, gpt2_tensors(config, source.get, vocab_size))
-    save_tokenizer(out, model_max_length=config.context_length)
     result = ConversionResult(out, gpt2_config, out_dtype)
-    if verify:
-        from .verify import max_logit_difference
+    with atomic_folder(out) as tmp:
+        save_streaming(model, tmp, gpt2_tensors(config, source.get, vocab_size))
+        save_tokenizer(tmp, model_max_length=config.context_length)
+        if verify:
+            from .verify import verify
 
-        if isinstance(src, GPTLiteForCausalLM):
-            # Compare in float32 on both sides, on a copy: the caller's model keeps its dtype.
-            reference = src if src.dtype == torch.float32 else copy.deepcopy(src).float()
-        else:
-            reference = GPTLiteForCausalLM.from_pretrained(src, dtype=torch.float32)
-        candidate = GPT2LMHeadModel.from_pretrained(out, dtype=torch.float32)
-        result.max_logit_diff = max_logit_difference(reference, candidate)
+            if isinstance(src, GPTLiteForCausalLM):
+                # Compare in float32 on both sides, on a copy: the caller's model keeps its dtype.
+                reference = src if src.dtype == torch.float32 else copy.deepcopy(src).float()
+            else:
+                reference = GPTLiteForCausalLM.from_pretrained(src, dtype=torch.float32)
+            candidate = GPT2LMHeadModel.from_pretrained(tmp, dtype=torch.float32)
+            result.max_logit_diff, result.tolerance = verify(reference, candidate, out_dtype, out)
     return result

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from ..configuration_gptlite import GPTLiteConfig
+from ..folders import atomic_folder
 from ..modeling_gptlite import GPTLiteForCausalLM
 from .common import (
     ConversionResult,
@@ -19,6 +20,7 @@ from .common import (
 )
 from .configs import from_gpt2_config, read_gpt2_config
 from .download import hub_snapshot
+from .output import check_conversion_output
 from .storage import ConversionError, TensorSource, open_weights
 
 __all__ = ["from_hf", "gpt2_state_dict_in_memory", "open_hf_checkpoint"]
@@ -50,6 +52,9 @@ class _GPT2Checkpoint:
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {full: self.source.shape(name) for full, name in self._names.items()}
 
+    def file_of(self, name: str) -> Path:
+        return self.source.file_of(self.file_name(name))
+
     def get(self, name: str) -> torch.Tensor:
         return self.source.get(self._names[name])
 
@@ -74,12 +79,12 @@ def _checked_checkpoint(folder: Path) -> tuple[GPTLiteConfig, _GPT2Checkpoint]:
     model = meta_model(GPTLiteForCausalLM, config, torch.float32)
     expected = expected_gpt2_shapes(model)
     hint = f"config.json ({config.n_layers} layers, emb_dim {config.emb_dim}, vocab {config.vocab_size})"
-    check_gpt2_source(found, expected, checkpoint.source.path, hint, checkpoint.file_name)
+    check_gpt2_source(found, expected, checkpoint.file_of, hint, checkpoint.file_name)
     # With a tied head, a saved lm_head.weight is a copy of wte and is simply not used.
     unexpected = sorted(set(found) - set(expected) - {"lm_head.weight"})
     if unexpected:
         raise ConversionError(
-            f"{checkpoint.source.path}: tensor {unexpected[0]} is not part of a GPT-2 language model "
+            f"{checkpoint.file_of(unexpected[0])}: tensor {unexpected[0]} is not part of a GPT-2 language model "
             f"({len(unexpected)} such tensors); gptlite has no place for it"
         )
     return config, checkpoint
@@ -91,6 +96,7 @@ def from_hf(
     dtype: str | torch.dtype | None = None,
     verify: bool = False,
     cache_dir: str | Path | None = None,
+    overwrite: bool = False,
 ) -> ConversionResult:
     """Convert a Hugging Face GPT-2 checkpoint to a gptlite folder.
 
@@ -101,25 +107,33 @@ def from_hf(
         dtype: `float32`, `float16` or `bfloat16`; default: the checkpoint's.
         verify: run both models on the same tokens and report the largest logit difference.
         cache_dir: Hugging Face cache folder for Hub downloads.
+        overwrite: replace a non-empty `out` that is not a previous gptlite output (see `output.py`).
+
+    The folder appears whole or not at all: it is written beside `out`, verified, and swapped into place.
 
     Raises:
-        ConversionError: for options gptlite cannot express, and missing or wrongly shaped tensors.
+        FolderRefused: `out` is (or contains) the source, or holds something other than a gptlite model.
+        ConversionError: for options gptlite cannot express, missing or wrongly shaped tensors, and a
+            failed verification (`VerificationFailed`).
+        FolderWriteError: the disk filled up (or a write failed); a previous `out` is left as it was.
     """
+    out = check_conversion_output(out, "gptlite", inputs=[src], overwrite=overwrite)
     folder = open_hf_checkpoint(src, cache_dir)
+    check_conversion_output(out, "gptlite", inputs=[folder], overwrite=overwrite)  # a Hub id's snapshot
     config, checkpoint = _checked_checkpoint(folder)
 
     out_dtype = parse_dtype(dtype, default=checkpoint.get("transformer.wte.weight").dtype)
-    write_gptlite(out, config, out_dtype, gpt2_tensors_to_gptlite(config, checkpoint.get))
-    result = ConversionResult(Path(out), config, out_dtype)
-    if verify:
-        from transformers import GPT2LMHeadModel
+    result = ConversionResult(out, config, out_dtype)
+    with atomic_folder(out) as tmp:
+        write_gptlite(tmp, config, out_dtype, gpt2_tensors_to_gptlite(config, checkpoint.get))
+        if verify:
+            from transformers import GPT2LMHeadModel
 
-        from .verify import compare_to_gptlite
+            from .verify import verify_gptlite
 
-        reference = GPT2LMHeadModel.from_pretrained(folder, dtype=torch.float32)
-        result.max_logit_diff = compare_to_gptlite(reference, out)
+            reference = GPT2LMHeadModel.from_pretrained(folder, dtype=torch.float32)
+            result.max_logit_diff, result.tolerance = verify_gptlite(reference, tmp, out_dtype, out)
     return result
-
 
 
 def gpt2_state_dict_in_memory(

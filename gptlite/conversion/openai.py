@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from ..folders import atomic_folder
 from ..modeling_gptlite import GPTLiteForCausalLM
 from .common import (
     ConversionResult,
@@ -19,6 +20,7 @@ from .common import (
 from .configs import from_openai_hparams
 from .download import OPENAI_SIZES, openai_checkpoint
 from .names import rows
+from .output import check_conversion_output
 from .storage import ConversionError
 from .tf_bundle import TensorBundle, TensorBundleError
 
@@ -74,6 +76,7 @@ def from_openai(
     dtype: str | torch.dtype | None = None,
     verify: bool = False,
     cache_dir: str | Path | None = None,
+    overwrite: bool = False,
 ) -> ConversionResult:
     """Convert OpenAI's GPT-2 checkpoint folder (as their download script writes it) to a gptlite folder.
 
@@ -85,11 +88,19 @@ def from_openai(
         dtype: `float32` (default, as released), `float16` or `bfloat16`.
         verify: compare logits with transformers' GPT-2 holding the same arrays.
         cache_dir: where downloads are kept (default ~/.cache/gptlite).
+        overwrite: replace a non-empty `out` that is not a previous gptlite output (see `output.py`).
+
+    The folder appears whole or not at all: it is written beside `out`, verified, and swapped into place.
 
     Raises:
-        ConversionError: for a malformed or corrupted checkpoint (CRC-32C), missing or misshapen variables.
+        FolderRefused: `out` is (or contains) the source, or holds something other than a gptlite model.
+        ConversionError: for a malformed or corrupted checkpoint (CRC-32C), missing or misshapen variables,
+            and a failed verification (`VerificationFailed`).
+        FolderWriteError: the disk filled up (or a write failed); a previous `out` is left as it was.
     """
+    out = check_conversion_output(out, "gptlite", inputs=[src], overwrite=overwrite)
     folder = resolve_openai_source(src, cache_dir)
+    check_conversion_output(out, "gptlite", inputs=[folder], overwrite=overwrite)  # a downloaded release
     config = from_openai_hparams(folder / "hparams.json")
     checkpoint = OpenAICheckpoint(folder, config.n_layers)
     expected = expected_gpt2_shapes(meta_model(GPTLiteForCausalLM, config, torch.float32))
@@ -97,13 +108,14 @@ def from_openai(
     check_gpt2_source(checkpoint.shapes(), expected, checkpoint.bundle.prefix, hint, checkpoint.openai_name)
 
     out_dtype = parse_dtype(dtype, default=torch.float32)
-    write_gptlite(out, config, out_dtype, gpt2_tensors_to_gptlite(config, checkpoint.get))
-    result = ConversionResult(Path(out), config, out_dtype)
-    if verify:
-        from .configs import to_gpt2_config
-        from .verify import compare_to_gptlite, gpt2_from_tensors
+    result = ConversionResult(out, config, out_dtype)
+    with atomic_folder(out) as tmp:
+        write_gptlite(tmp, config, out_dtype, gpt2_tensors_to_gptlite(config, checkpoint.get))
+        if verify:
+            from .configs import to_gpt2_config
+            from .verify import gpt2_from_tensors, verify_gptlite
 
-        pairs = ((name, checkpoint.get(name)) for name in expected)
-        reference = gpt2_from_tensors(to_gpt2_config(config), pairs)
-        result.max_logit_diff = compare_to_gptlite(reference, out)
+            pairs = ((name, checkpoint.get(name)) for name in expected)
+            reference = gpt2_from_tensors(to_gpt2_config(config), pairs)
+            result.max_logit_diff, result.tolerance = verify_gptlite(reference, tmp, out_dtype, out)
     return result

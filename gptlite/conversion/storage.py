@@ -25,6 +25,7 @@ from gptlite._libc import libc
 
 __all__ = [
     "ConversionError",
+    "FlagError",
     "open_weights",
     "RenamedSource",
     "SafetensorsSource",
@@ -53,6 +54,10 @@ class ConversionError(ValueError):
     """A checkpoint cannot be converted; the message names the file, tensor, field or flag at fault."""
 
 
+class FlagError(ConversionError):
+    """An option's value is unusable (`--dtype`, `--preset`, `--config`): a usage error, exit status 2."""
+
+
 class TensorSource(Protocol):
     """A checkpoint's tensors by name, read one at a time."""
 
@@ -63,6 +68,8 @@ class TensorSource(Protocol):
     def shape(self, name: str) -> tuple[int, ...]: ...
 
     def get(self, name: str) -> torch.Tensor: ...
+
+    def file_of(self, name: str) -> Path: ...
 
 
 class SafetensorsSource:
@@ -81,7 +88,9 @@ class SafetensorsSource:
                     for name in f.keys():
                         self._where[name] = (file, tuple(f.get_slice(name).get_shape()))
             except (SafetensorError, OSError) as err:
-                raise ConversionError(f"{file}: not a readable safetensors file ({err})") from None
+                raise ConversionError(
+                    f"{file}: not a readable safetensors file ({_truncated_tensor(file) or err})"
+                ) from None
 
     def names(self) -> set[str]:
         return set(self._where)
@@ -89,10 +98,33 @@ class SafetensorsSource:
     def shape(self, name: str) -> tuple[int, ...]:
         return self._where[name][1]
 
+    def file_of(self, name: str) -> Path:
+        """The shard that holds `name` (errors name it, not just the folder)."""
+        return self._where[name][0] if name in self._where else self.path
+
     def get(self, name: str) -> torch.Tensor:
         file = self._where[name][0]
         with safe_open(file, framework="pt") as f:
             return f.get_tensor(name)
+
+
+def _truncated_tensor(file: Path) -> str | None:
+    """Which tensor a truncated (but otherwise well-formed) safetensors file cuts short, if that is the fault."""
+    try:
+        with open(file, "rb") as f:
+            (header_size,) = struct.unpack("<Q", f.read(8))
+            if header_size > file.stat().st_size - 8:
+                return None  # the header itself is cut short (or the file is not safetensors)
+            header = json.loads(f.read(header_size))
+        size = file.stat().st_size - 8 - header_size
+        ends = {name: entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"}
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, struct.error):
+        return None
+    cut = [name for name, end in sorted(ends.items(), key=lambda item: item[1]) if end > size]
+    if not cut:
+        return None
+    return (f"truncated: tensor {cut[0]} ends at data byte {ends[cut[0]]}, but the file holds only {max(size, 0)} "
+            f"bytes of data ({len(cut)} tensors cut short)")
 
 
 class StateDictSource:
@@ -112,6 +144,9 @@ class StateDictSource:
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._tensors[name].shape)
+
+    def file_of(self, name: str) -> Path:
+        return self.path
 
     def get(self, name: str) -> torch.Tensor:
         tensor = self._tensors[name]
@@ -135,6 +170,13 @@ class RenamedSource:
 
     def shape(self, name: str) -> tuple[int, ...]:
         return self._source.shape(self._original[name])
+
+    def file_of(self, name: str) -> Path:
+        return self._source.file_of(self._original[name])
+
+    def file_name(self, name: str) -> str:
+        """What the underlying file calls the tensor `name` (for messages)."""
+        return self._original.get(name, name)
 
     def get(self, name: str) -> torch.Tensor:
         return self._source.get(self._original[name])

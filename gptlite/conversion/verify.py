@@ -1,7 +1,21 @@
 """`--verify`: run the source and the converted model on the same tokens and compare their logits.
 
 The source side is always transformers' own `GPT2LMHeadModel` holding the source weights, so a check
-compares gptlite against an independent implementation, not against itself.
+compares gptlite against an independent implementation, not against itself. Both sides run in float32;
+what differs is the order of summation and, for float16/bfloat16 output, the rounding of the weights.
+
+A difference above the output dtype's tolerance fails the conversion (before the folder is moved into
+place). The tolerance is `RELATIVE_TOLERANCE[dtype]` times the largest |logit| of the source, plus 1e-6
+(so that a model whose logits are all near zero is not failed for float32's own rounding):
+- float32: 1e-4. Measured (difference / largest |logit|) on the test fixtures and random GPT-2s up to
+  12 layers x 256: at most 1.7e-6.
+- float16: 1.25e-2 (about 25 units of float16's rounding, 2^-11). Measured: at most 1.7e-3 on the
+  fixtures, 4.9e-3 on a 12-layer model with large random weights.
+- bfloat16: 1e-1 (about 25 units of bfloat16's rounding, 2^-8). Measured: at most 8.7e-3 on the
+  fixtures, 4.8e-2 on that 12-layer model.
+A wrong tensor (transposed, swapped query/key, a dropped LayerNorm gain or bias) measured 4e-2 to 1.1
+times the largest |logit|, so float32 catches all of them; bfloat16's rounding can hide the subtlest, so
+verify a float32 conversion to check those.
 """
 
 from __future__ import annotations
@@ -13,8 +27,24 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel
 
 from ..modeling_gptlite import GPTLiteForCausalLM
+from .storage import ConversionError
 
-__all__ = ["compare_to_gptlite", "gpt2_from_tensors", "max_logit_difference", "sample_tokens"]
+__all__ = [
+    "RELATIVE_TOLERANCE",
+    "VerificationFailed",
+    "gpt2_from_tensors",
+    "max_logit_difference",
+    "sample_tokens",
+    "verify",
+    "verify_gptlite",
+]
+
+RELATIVE_TOLERANCE = {torch.float32: 1e-4, torch.float16: 1.25e-2, torch.bfloat16: 1e-1}
+_ABSOLUTE_TOLERANCE = 1e-6
+
+
+class VerificationFailed(ConversionError):
+    """`--verify` found a logit difference above the dtype's tolerance; the output was not written."""
 
 
 def sample_tokens(vocab_size: int, context_length: int, batch: int = 2, length: int = 16) -> torch.Tensor:
@@ -24,8 +54,8 @@ def sample_tokens(vocab_size: int, context_length: int, batch: int = 2, length: 
 
 
 @torch.no_grad()
-def max_logit_difference(reference: PreTrainedModel, candidate: PreTrainedModel) -> float:
-    """Largest |logit difference| (in float32) over the vocabulary both models share."""
+def _logits(reference: PreTrainedModel, candidate: PreTrainedModel) -> tuple[torch.Tensor, torch.Tensor]:
+    # float32 logits of both models on the same tokens, over the vocabulary both share. (batch, T, vocab)
     vocab = min(reference.config.vocab_size, candidate.config.vocab_size)
     context = min(reference.config.max_position_embeddings, candidate.config.max_position_embeddings)
     tokens = sample_tokens(vocab, context)
@@ -35,13 +65,43 @@ def max_logit_difference(reference: PreTrainedModel, candidate: PreTrainedModel)
         model.eval()  # no dropout; a caller's model is put back as it was
         logits.append(model(tokens).logits[..., :vocab].float())
         model.train(was_training)
-    return (logits[0] - logits[1]).abs().max().item()
+    return logits[0], logits[1]
 
 
-def compare_to_gptlite(reference: PreTrainedModel, out_dir: str | Path) -> float:
-    """Load the converted gptlite folder in float32 and compare it with `reference`."""
-    candidate = GPTLiteForCausalLM.from_pretrained(out_dir, dtype=torch.float32)
-    return max_logit_difference(reference, candidate)
+def max_logit_difference(reference: PreTrainedModel, candidate: PreTrainedModel) -> float:
+    """Largest |logit difference| (in float32) over the vocabulary both models share."""
+    ours, theirs = _logits(reference, candidate)
+    return (ours - theirs).abs().max().item()
+
+
+def verify(
+    reference: PreTrainedModel, candidate: PreTrainedModel, dtype: torch.dtype, where: str | Path
+) -> tuple[float, float]:
+    """The largest logit difference and the tolerance for weights written in `dtype`.
+
+    Raises:
+        VerificationFailed: when the difference exceeds the tolerance (or is not a number), naming `where`.
+    """
+    ours, theirs = _logits(reference, candidate)
+    diff = (ours - theirs).abs().max().item()
+    scale = ours.abs().max().item()
+    tolerance = RELATIVE_TOLERANCE[dtype] * scale + _ABSOLUTE_TOLERANCE
+    if not diff <= tolerance:  # NaN fails too
+        name = str(dtype).removeprefix("torch.")
+        raise VerificationFailed(
+            f"{where}: --verify: largest logit difference between source and result is {diff:.3g}, above the "
+            f"{name} tolerance {tolerance:.3g} ({RELATIVE_TOLERANCE[dtype]:g} x largest |logit| {scale:.3g}); "
+            "the conversion is wrong and was not written"
+        )
+    return diff, tolerance
+
+
+def verify_gptlite(
+    reference: PreTrainedModel, folder: str | Path, dtype: torch.dtype, where: str | Path
+) -> tuple[float, float]:
+    """Load the converted gptlite `folder` in float32 and `verify` it against `reference`."""
+    candidate = GPTLiteForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    return verify(reference, candidate, dtype, where)
 
 
 def gpt2_from_tensors(config: GPT2Config, tensors: Iterable[tuple[str, torch.Tensor]]) -> GPT2LMHeadModel:

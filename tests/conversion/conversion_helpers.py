@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreTrainedModel
+
+import gptlite  # noqa: F401  (registers gptlite with the Auto classes)
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 OPENAI_TINY = FIXTURES / "openai-tiny"
@@ -54,3 +57,27 @@ def greedy(model: PreTrainedModel, ids: torch.Tensor, new_tokens: int) -> torch.
 def safetensors_keys(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
     with safe_open(path, framework="pt") as f:
         return {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
+
+
+def tree_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every file under `folder`, by relative path."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@torch.no_grad()
+def folder_logits(folder: Path) -> torch.Tensor:
+    """Logits of the model saved in `folder` (gptlite or plain GPT-2), loaded as a user would."""
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    return model(tokens(model.config.vocab_size, length=8, batch=1)).logits
+
+
+def snapshot(folder: Path) -> tuple[dict[str, str], torch.Tensor]:
+    return tree_hashes(folder), folder_logits(folder)
+
+
+def assert_intact(folder: Path, before: tuple[dict[str, str], torch.Tensor]) -> None:
+    """`folder` is byte-identical to `before`, still loads, and computes the same logits; no sibling is left."""
+    assert tree_hashes(folder) == before[0]
+    assert torch.equal(folder_logits(folder), before[1])
+    assert [p.name for p in folder.parent.iterdir() if p.name.startswith(f".{folder.name}.")] == []

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from conversion_helpers import OPENAI_TINY, tiny_gpt2
+from safetensors.torch import load_file, save_file
 
 from gptlite import GPTLiteConfig, GPTLiteForCausalLM
 from gptlite.conversion.cli import main
@@ -71,3 +73,64 @@ def test_offline_hub_id(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["from-hf", "gpt2", str(tmp_path / "lite"), "--cache-dir", str(tmp_path / "cache")]) == 1
     assert "HF_HUB_OFFLINE is set" in capsys.readouterr().err
+
+
+def _convert(args: list[str], capsys) -> tuple[int, str]:
+    status = main(args)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("gptlite-convert")]
+    assert len(lines) == 1, err
+    return status, lines[0]
+
+
+@pytest.mark.parametrize("command", ["from-hf", "to-hf"])
+@pytest.mark.parametrize("how", ["wrong shape", "truncated", "truncated header"])
+def test_a_damaged_source_gives_one_line_naming_file_and_tensor(command, how, tmp_path, capsys):
+    source = tmp_path / "source"
+    tiny_gpt2(tied=False).save_pretrained(tmp_path / "hf")
+    if command == "from-hf":
+        shutil.copytree(tmp_path / "hf", source)
+    else:
+        assert main(["from-hf", str(tmp_path / "hf"), str(source)]) == 0
+        capsys.readouterr()
+    weights = source / "model.safetensors"
+    file = re.escape(str(weights))
+    if how == "wrong shape":
+        tensors = load_file(weights)
+        name = next(n for n in sorted(tensors) if n.endswith(("h.0.attn.c_proj.weight", "0.att.out_proj.weight")))
+        tensors[name] = tensors[name][:, :-1].contiguous()
+        save_file(tensors, weights, metadata={"format": "pt"})
+        expected = rf"{file}: tensor {re.escape(name)} has shape \[32, 31\], but config\.json .*needs \[32, 32\]"
+    elif how == "truncated":
+        raw = weights.read_bytes()
+        weights.write_bytes(raw[: len(raw) * 3 // 4])
+        expected = rf"{file}: not a readable safetensors file \(truncated: tensor \S+ ends at data byte \d+"
+    else:
+        weights.write_bytes(weights.read_bytes()[:100])
+        expected = rf"{file}: not a readable safetensors file \(.*header"
+    status, line = _convert([command, str(source), str(tmp_path / "out")], capsys)
+    assert status == 1
+    assert re.search(expected, line), line
+    assert line.endswith(f"({tmp_path / 'out'} was not created)") and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, culprit", [
+    (["--preset", "gpt3"], "--preset: unknown preset 'gpt3'"),
+    (["--config", "missing.json"], "--config missing.json: neither inline JSON nor a readable JSON file"),
+    (["--config", "{not json"], "--config: not valid JSON"),
+    (["--config", '{"n_heads": 5, "emb_dim": 16}'], "--config: "),
+])
+def test_bad_option_values_are_usage_errors(args, culprit, tmp_path, capsys):
+    torch.save({"tok_emb.weight": torch.zeros(2, 2)}, tmp_path / "model.pth")
+    status, line = _convert(["from-book", str(tmp_path / "model.pth"), str(tmp_path / "out"), *args], capsys)
+    assert status == 2
+    assert line.startswith(f"gptlite-convert from-book: error: {culprit}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_subcommand_takes_overwrite(capsys):
+    for command in ["from-hf", "from-openai", "from-book", "to-hf"]:
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "--overwrite" in capsys.readouterr().out

@@ -255,7 +255,7 @@ def broken_model(tmp_path, how: str):
 
 MODEL_DEFECTS = {
     "truncated": (1, "truncated/model.safetensors: not a readable safetensors file"),
-    "shape": (1, "tensor trf_blocks.1.ff.layers.0.weight has shape [100, 32], but"),
+    "shape": (1, "tensor model.trf_blocks.1.ff.layers.0.weight has shape [100, 32], but"),
     "llama": (2, "config.json: model_type is 'llama'"),
 }
 
