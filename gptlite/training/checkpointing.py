@@ -55,7 +55,7 @@ class TrainerState:
     tokens_seen: int = 0
     """Input tokens trained on, summed over all processes."""
     num_processes: int = 1
-    """Processes that wrote the checkpoint; a resume must use as many (the data order depends on it)."""
+    """Processes that wrote the checkpoint; a resume keeps processes × --grad-accum (the data order depends on it)."""
     history: dict[str, list] = field(default_factory=dict)
     """The run's :class:`~gptlite.training.monitoring.History` so far."""
     config: dict[str, Any] = field(default_factory=dict)

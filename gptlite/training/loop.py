@@ -4,7 +4,8 @@ One optimizer step takes ``grad_accum`` batches on each process. Its loss is the
 token of those batches on every process: each batch's summed loss is divided by the step's total token
 count (all-reduced before the step), and scaled so that Accelerate's division by ``grad_accum`` and
 DDP's averaging over processes leave exactly that mean's gradient. ``N`` processes with batch ``B``
-therefore train like one process with batch ``B`` and ``grad_accum = N``.
+therefore train like one process with batch ``B`` and ``grad_accum = N``, and a checkpoint written by
+``N`` processes resumes on ``M`` when ``M * grad_accum`` stays the same (e.g. 2 processes with 1 -> 1 with 2).
 
 Randomness is seeded in one place, :func:`seed_everything`. The order of the training windows in
 epoch ``e`` is drawn from the training loader's own generator, reseeded with ``seed + e`` as the
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -95,7 +97,7 @@ def make_accelerator(
     project = None
     if output_dir is not None:
         project = ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(Path(output_dir) / "logs"))
-    return Accelerator(
+    accelerator = Accelerator(
         cpu=on_cpu,
         mixed_precision=mixed_precision,
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=grad_accum, sync_with_dataloader=False),
@@ -103,6 +105,13 @@ def make_accelerator(
         project_config=project,
         step_scheduler_with_optimizer=False,
     )
+    # accelerate (1.15) turns an FSDP config into FSDP only on GPU-like devices: on CPU it trains with plain
+    # DDP without a word (torch's own fully_shard does work on CPU with gloo; accelerate does not route to it).
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and accelerator.distributed_type != "FSDP":
+        raise ValueError(f"the accelerate config asks for FSDP, but accelerate runs it as "
+                         f"{accelerator.distributed_type.value} here (it shards only on GPUs); on CPU launch with "
+                         "--multi_gpu (DDP) instead")
+    return accelerator
 
 
 def keep_freed_memory(device: torch.device) -> None:
@@ -172,11 +181,21 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
 
 def _check_resumable(saved: TrainerState, config: TrainConfig, now: TrainerState, total_steps: int) -> None:
     # The data order and the schedule depend on these: a resume with other values would not continue the run.
+    # The processes and --grad-accum matter only through their product: an optimizer step takes global
+    # batches k*P*A .. (k+1)*P*A - 1 of the epoch's order, whichever process trains which (loop docstring).
+    saved_accum = saved.config.get("grad_accum")
+    if saved_accum is not None and saved.num_processes * saved_accum != now.num_processes * config.grad_accum:
+        per_step = saved.num_processes * saved_accum
+        hint = f"; continue it with --grad-accum {per_step // now.num_processes}" if per_step % now.num_processes == 0 \
+            else ""
+        raise ValueError(
+            f"--resume-from: the checkpoint was written by {saved.num_processes} process(es) with --grad-accum "
+            f"{saved_accum} ({per_step} batches per optimizer step), this run has {now.num_processes} process(es) "
+            f"with --grad-accum {config.grad_accum} ({now.num_processes * config.grad_accum}){hint}"
+        )
     same = {
         "--batch-size": (saved.config.get("batch_size"), config.batch_size),
-        "--grad-accum": (saved.config.get("grad_accum"), config.grad_accum),
         "--seed": (saved.config.get("seed"), config.seed),
-        "number of processes": (saved.num_processes, now.num_processes),
         "optimizer steps per epoch": (saved.steps_per_epoch, now.steps_per_epoch),
         "total optimizer steps": (saved.total_steps, total_steps),
     }
@@ -233,6 +252,9 @@ def train(config: TrainConfig) -> TrainResult:
         saved = load_trainer_state(resume)
         _check_resumable(saved, config, state, total_steps)
         accelerator.load_state(str(resume))
+        # load_state restores Accelerate's batch counter, which decides when gradients synchronise: count it
+        # in this run's --grad-accum (a checkpoint of N processes resumed on M has another one).
+        accelerator.step = saved.global_step * config.grad_accum
         state.global_step, state.epoch, state.step_in_epoch = saved.global_step, saved.epoch, saved.step_in_epoch
         state.tokens_seen, history = saved.tokens_seen, History.from_dict(saved.history)
     if config.report_to:
