@@ -186,8 +186,8 @@ def _check_resumable(saved: TrainerState, config: TrainConfig, now: TrainerState
     saved_accum = saved.config.get("grad_accum")
     if saved_accum is not None and saved.num_processes * saved_accum != now.num_processes * config.grad_accum:
         per_step = saved.num_processes * saved_accum
-        hint = f"; continue it with --grad-accum {per_step // now.num_processes}" if per_step % now.num_processes == 0 \
-            else ""
+        fits = per_step % now.num_processes == 0
+        hint = f"; continue it with --grad-accum {per_step // now.num_processes}" if fits else ""
         raise ValueError(
             f"--resume-from: the checkpoint was written by {saved.num_processes} process(es) with --grad-accum "
             f"{saved_accum} ({per_step} batches per optimizer step), this run has {now.num_processes} process(es) "
