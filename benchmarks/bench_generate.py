@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from benchmarks.common import Measurement, gpt124m_pair, peak_memory, ratio_text, rotated
+from benchmarks.common import Measurement, gpt_pair, peak_memory, ratio_text, rotated
 from gptlite.conversion.common import gpt2_tensors_to_gptlite
 from gptlite.training.runtime import keep_freed_memory
 from gptlite.training.throughput import cpu_has_native_bf16
@@ -40,6 +40,8 @@ def measure_interleaved(
             for name in rotated(names, round_index):
                 start = time.perf_counter()
                 outputs[name] = sides[name].generate(prompts, **options)
+                if prompts.is_cuda:
+                    torch.cuda.synchronize()
                 seconds[name].append(time.perf_counter() - start)
         measured = []
         for name in names:
@@ -49,6 +51,17 @@ def measure_interleaved(
             generated = (outputs[name].shape[1] - prompts.shape[1]) * prompts.shape[0]
             measured.append(Measurement(name, generated / statistics.median(seconds[name]), memory["peak"] / 2**20))
     return measured, outputs, seconds
+
+
+def matched_pair(context_length: int = 1024, **shape):
+    """gptlite and GPT2LMHeadModel, 124M unless ``shape`` says otherwise (context 1024: 200 new tokens fit),
+    with the same weights."""
+    ours, theirs = gpt_pair(context_length=context_length, drop_rate=0.0, **shape)
+    # Same weights, so the two must also produce the same tokens: a cheap correctness check on the benchmark.
+    theirs_sd = theirs.state_dict()
+    converted = dict(gpt2_tensors_to_gptlite(ours.config, lambda name: theirs_sd[name]))
+    ours.load_state_dict(converted, strict=False)
+    return ours, theirs
 
 
 def main() -> None:
@@ -62,11 +75,7 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU {torch.backends.cpu.get_cpu_capability()}"
     )
     keep_freed_memory(torch.device("cpu"))  # process-wide, so it helps both sides alike
-    ours, theirs = gpt124m_pair(context_length=1024, drop_rate=0.0)
-    # Same weights, so the two must also produce the same tokens: a cheap correctness check on the benchmark.
-    theirs_sd = theirs.state_dict()
-    converted = dict(gpt2_tensors_to_gptlite(ours.config, lambda name: theirs_sd[name]))
-    ours.load_state_dict(converted, strict=False)
+    ours, theirs = matched_pair()
     dtypes = [torch.float32] + ([torch.bfloat16] if cpu_has_native_bf16() else [])
     for dtype in dtypes:
         ours.to(dtype)

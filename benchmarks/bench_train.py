@@ -40,9 +40,10 @@ def make_step(model, precision: str, fused_loss: bool):
     # Both sides get torch's fused AdamW (transformers' Trainer also defaults to it): the model is what differs.
     optimizer = torch.optim.AdamW(model.parameters(), lr=4e-4, weight_decay=0.1, fused=True)
     autocast = precision == "bf16"
+    device_type = next(model.parameters()).device.type
 
     def step(ids: torch.Tensor) -> float:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
             if fused_loss:
                 loss = model(ids, labels=ids, return_logits=False).loss
             else:
@@ -51,7 +52,7 @@ def make_step(model, precision: str, fused_loss: bool):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return loss.item()
+        return loss.item()  # also waits for a GPU to finish the step
 
     return step
 
@@ -117,9 +118,11 @@ def print_matmul_bound(ours: Callable, theirs: Callable, batches: list[torch.Ten
 
 
 def end_to_end(
-    precision: str, batches: list[torch.Tensor], rounds: int, their_step
+    precision: str, batches: list[torch.Tensor], rounds: int, their_step, **overrides
 ) -> tuple[Measurement, list, list]:
     """`gptlite-train` itself at the benchmark's shape, its steps alternating with steps of `their_step`.
+
+    ``overrides`` are TrainConfig fields that replace the 124M shape's (e.g. a smaller model, ``compile``).
 
     gptlite-train's steady-state tokens/s is its own report. The other side's step runs between two of
     gptlite-train's steps, outside them: gptlite-train times a step from its start to its end.
@@ -139,11 +142,12 @@ def end_to_end(
             theirs.append(timed(their_step, next(pending)))
 
     with tempfile.TemporaryDirectory() as out:
-        config = TrainConfig(
+        settings = dict(
             emb_dim=768, n_layers=12, n_heads=12, qkv_bias=True, tie_word_embeddings=True, drop_rate=0.1,
             context_length=context_length, batch_size=batch_size, max_steps=rounds + 1, eval_freq=10**9, eval_iter=1,
             mixed_precision="bf16" if precision == "bf16" else "no", output_dir=out, sample_tokens=1,
         )
+        config = TrainConfig(**{**settings, **overrides})
         original, loop.Progress = loop.Progress, Interleaved
         try:
             result = loop.train(config)

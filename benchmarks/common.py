@@ -15,19 +15,26 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from gptlite import GPTLiteConfig, GPTLiteForCausalLM
 from gptlite._libc import libc
 
-__all__ = ["Measurement", "gpt124m_pair", "peak_memory", "ratio_text", "rotated"]
+__all__ = ["Measurement", "gpt124m_pair", "gpt_pair", "peak_memory", "ratio_text", "rotated"]
 
 
 def gpt124m_pair(context_length: int = 256, drop_rate: float = 0.1) -> tuple[GPTLiteForCausalLM, GPT2LMHeadModel]:
-    """gptlite and transformers' GPT-2 at the book's 124M shape (tied head, q/k/v biases).
+    """gptlite and transformers' GPT-2 at the book's 124M shape (tied head, q/k/v biases)."""
+    return gpt_pair(context_length, drop_rate)
+
+
+def gpt_pair(
+    context_length: int = 256, drop_rate: float = 0.1, emb_dim: int = 768, n_layers: int = 12, n_heads: int = 12
+) -> tuple[GPTLiteForCausalLM, GPT2LMHeadModel]:
+    """gptlite and transformers' GPT-2 of one shape (GPT-2's vocabulary, tied head, q/k/v biases).
 
     Speed does not depend on the values, so each side keeps its own random initialisation.
     """
-    config = GPTLiteConfig(context_length=context_length, drop_rate=drop_rate, qkv_bias=True, tie_word_embeddings=True)
+    config = GPTLiteConfig(context_length=context_length, drop_rate=drop_rate, qkv_bias=True, tie_word_embeddings=True,
+                           emb_dim=emb_dim, n_layers=n_layers, n_heads=n_heads)
     ours = GPTLiteForCausalLM(config)
-    theirs = GPT2LMHeadModel(
-        GPT2Config(n_positions=context_length, resid_pdrop=drop_rate, embd_pdrop=drop_rate, attn_pdrop=drop_rate)
-    )
+    theirs = GPT2LMHeadModel(GPT2Config(n_positions=context_length, n_embd=emb_dim, n_layer=n_layers, n_head=n_heads,
+                                        resid_pdrop=drop_rate, embd_pdrop=drop_rate, attn_pdrop=drop_rate))
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
     return ours, theirs
 

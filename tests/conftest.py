@@ -13,6 +13,15 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 warnings.filterwarnings("ignore", message=".*must be `None` or an integer within the vocabulary.*")
 
 
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    no_gpu = pytest.mark.skip(reason="needs a CUDA GPU (marked cuda)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(no_gpu)
+
+
 @pytest.fixture
 def verdict_text() -> str:
     path = SHARED_DATA / "the-verdict.txt"

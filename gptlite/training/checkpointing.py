@@ -64,7 +64,7 @@ class TrainerState:
     tokens_seen: int = 0
     """Input tokens trained on, summed over all processes."""
     num_processes: int = 1
-    """Processes that wrote the checkpoint; a resume must use as many (the data order depends on it)."""
+    """Processes that wrote the checkpoint; a resume keeps processes × --grad-accum (the data order depends on it)."""
     history: dict[str, list] = field(default_factory=dict)
     """The run's :class:`~gptlite.training.monitoring.History` so far."""
     config: dict[str, Any] = field(default_factory=dict)
@@ -168,11 +168,21 @@ def check_resumable(saved: TrainerState, now: TrainerState, checkpoint: Path) ->
             raise ValueError(f"--resume-from {checkpoint}: the checkpoint's model has {name} {before!r}, this run "
                              f"would build {after!r} ({named}); resume with the checkpoint's {named} or start a new "
                              "run in another --output-dir")
+    # The processes and --grad-accum matter only through their product: an optimizer step takes global
+    # batches k*P*A .. (k+1)*P*A - 1 of the epoch's order, whichever process trains which (loop docstring).
+    saved_accum, accum = saved.config.get("grad_accum"), now.config.get("grad_accum")
+    if saved_accum is not None and accum is not None and saved.num_processes * saved_accum != now.num_processes * accum:
+        per_step = saved.num_processes * saved_accum
+        fits = per_step % now.num_processes == 0
+        hint = f"; continue it with --grad-accum {per_step // now.num_processes}" if fits else ""
+        raise ValueError(
+            f"--resume-from: the checkpoint was written by {saved.num_processes} process(es) with --grad-accum "
+            f"{saved_accum} ({per_step} batches per optimizer step), this run has {now.num_processes} process(es) "
+            f"with --grad-accum {accum} ({now.num_processes * accum}){hint}"
+        )
     same = {
         "--batch-size": (saved.config.get("batch_size"), now.config.get("batch_size")),
-        "--grad-accum": (saved.config.get("grad_accum"), now.config.get("grad_accum")),
         "--seed": (saved.config.get("seed"), now.config.get("seed")),
-        "number of processes": (saved.num_processes, now.num_processes),
         "optimizer steps per epoch": (saved.steps_per_epoch, now.steps_per_epoch),
         "total optimizer steps": (saved.total_steps, now.total_steps),
     }

@@ -1,8 +1,8 @@
 """Training data: text sources → GPT-2 tokens (cached) → the book's sliding windows → DataLoaders.
 
-Entry point: :func:`build_dataloaders`. The pieces are :func:`tokenize_documents`,
-:func:`load_token_splits` (tokenize once, cache on disk), :func:`build_datasets` and, in
-:mod:`gptlite.training.sources` and :mod:`gptlite.training.windows`, the sources and the windows.
+Entry point: :func:`build_dataloaders`. The pieces are :func:`load_token_splits` (tokenize once on
+every core, cache uint16 shards on disk), :func:`build_datasets` and, in :mod:`gptlite.training.sources`,
+:mod:`gptlite.training.token_cache` and :mod:`gptlite.training.windows`, the sources, the cache and the windows.
 
 Train/validation split when no separate validation data is given:
 
@@ -28,11 +28,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from gptlite.training.sources import TextSource, read_text_file, resolve_files, single_document
+from gptlite.folders import fsync_tree
+from gptlite.training.sources import TextSource, resolve_files, single_document
+from gptlite.training.token_cache import (
+    SHARD_TOKENS,
+    TokenShards,
+    tokenize_documents,
+    write_token_stream,
+)
 from gptlite.training.windows import StreamingWindows, TokenWindows, num_windows
 
 __all__ = [
@@ -46,8 +52,7 @@ __all__ = [
     "validation_source",
 ]
 
-CACHE_VERSION = 1
-TOKEN_DTYPE = np.uint16  # GPT-2's 50257 ids fit; halves the cache and memory of int32
+CACHE_VERSION = 2  # 2: uint16 shards (TokenShards); 1 was one train.npy/val.npy
 
 
 @dataclass
@@ -80,7 +85,7 @@ class DataConfig:
     eot_as_special: bool = False
     """Tokenize a literal ``<|endoftext|>`` inside a document as the special token 50256 instead of as text."""
     num_proc: int | None = None
-    """Processes for the tokenizing ``Dataset.map`` (None: one)."""
+    """Processes that tokenize the corpus for the cache (None: every usable core)."""
     cache_dir: str | None = None
     """Folder of the token cache (None: ``$XDG_CACHE_HOME/gptlite/tokens`` or ``~/.cache/gptlite/tokens``)."""
     shuffle_buffer: int = 10_000
@@ -148,55 +153,6 @@ def validation_source(config: DataConfig) -> TextSource | None:
     return None
 
 
-# -- tokenization ---------------------------------------------------------------------------------
-
-
-def _encode_batch(batch: dict, indices: list[int], eot_as_special: bool, eot_before_first: bool) -> dict:
-    from gptlite.tokenization import EOT_ID, EOT_TOKEN, get_tokenizer
-
-    texts = batch["text"] if "text" in batch else [read_text_file(Path(p)) for p in batch["path"]]
-    allowed = {EOT_TOKEN} if eot_as_special else set()
-    encoded = get_tokenizer().encode_batch([t or "" for t in texts], allowed_special=allowed, disallowed_special=())
-    # <|endoftext|> goes *between* documents: before every one but the very first of the corpus.
-    return {"ids": [ids if i == 0 and not eot_before_first else [EOT_ID, *ids] for i, ids in zip(indices, encoded)]}
-
-
-def tokenize_documents(parts, eot_as_special: bool = False, num_proc: int | None = None) -> np.ndarray:
-    """Tokenize documents with a batched (optionally multi-process) ``Dataset.map``; return one joined stream.
-
-    ``parts`` are ``datasets.Dataset`` objects with a ``text`` column, or a ``path`` column naming text
-    files (read inside the map), or lists of document strings. Documents are joined with ``<|endoftext|>``
-    (50256) between them. A literal ``<|endoftext|>`` in a document is tokenized as text, or as the
-    special token if ``eot_as_special``; it never raises.
-    """
-    import datasets
-
-    features = datasets.Features({"ids": datasets.List(datasets.Value("uint16"))})
-    pieces, docs_before = [], 0
-    for part in parts:
-        if isinstance(part, list):
-            part = datasets.Dataset.from_dict({"text": part})
-        if part.num_rows == 0:
-            continue
-        procs = min(num_proc or 1, part.num_rows)
-        mapped = part.map(
-            _encode_batch,
-            with_indices=True,
-            batched=True,
-            remove_columns=part.column_names,
-            features=features,
-            num_proc=procs if procs > 1 else None,
-            fn_kwargs={"eot_as_special": eot_as_special, "eot_before_first": docs_before > 0},
-            desc="Tokenizing",
-        )
-        docs_before += part.num_rows
-        for table in mapped.with_format("arrow").iter(batch_size=10_000):
-            pieces.extend(chunk.flatten().to_numpy(zero_copy_only=False) for chunk in table.column("ids").chunks)
-    if not pieces:
-        return np.zeros(0, dtype=TOKEN_DTYPE)
-    return np.concatenate(pieces).astype(TOKEN_DTYPE, copy=False)
-
-
 # -- cache ----------------------------------------------------------------------------------------
 
 
@@ -215,52 +171,72 @@ def _cache_key(config: DataConfig, train: TextSource, val: TextSource | None) ->
     return hashlib.sha256(json.dumps(key, default=str).encode("utf-8")).hexdigest()[:24]
 
 
-def _tokenize_splits(config: DataConfig, train: TextSource, val: TextSource | None):
-    tok = {"eot_as_special": config.eot_as_special, "num_proc": config.num_proc}
+def _write_splits(config: DataConfig, train: TextSource, val: TextSource | None, folder: Path, shard_tokens: int):
+    """Tokenize into shards in ``folder``; return ``{split: {"shards": file names, "start": .., "stop": ..}}``."""
+    tok = {"eot_as_special": config.eot_as_special, "num_proc": config.num_proc, "shard_tokens": shard_tokens}
+
+    def write(parts, name: str, cut: float | None = None) -> list[dict]:
+        paths, n_tokens = write_token_stream(parts, folder, name, **tok)
+        shards = [p.name for p in paths]
+        if cut is None:
+            return [{"shards": shards, "start": 0, "stop": n_tokens}]
+        at = int(cut * n_tokens)  # several documents in one stream: train and validation are its two ends
+        return [{"shards": shards, "start": 0, "stop": at}, {"shards": shards, "start": at, "stop": n_tokens}]
+
     if val is not None:
-        return tokenize_documents(train.parts(), **tok), tokenize_documents(val.parts(), **tok)
+        return {"train": write(train.parts(), "train")[0], "val": write(val.parts(), "val")[0]}
     parts = train.parts()
     if config.train_ratio >= 1:
-        return tokenize_documents(parts, **tok), None
+        return {"train": write(parts, "train")[0]}
     text = single_document(parts)
     if text is not None:  # the book: split the text at train_ratio of its characters
         split_idx = int(config.train_ratio * len(text))
-        return tokenize_documents([[text[:split_idx]]], **tok), tokenize_documents([[text[split_idx:]]], **tok)
-    ids = tokenize_documents(parts, **tok)
-    cut = int(config.train_ratio * len(ids))
-    return ids[:cut], ids[cut:]
+        return {"train": write([[text[:split_idx]]], "train")[0], "val": write([[text[split_idx:]]], "val")[0]}
+    train_split, val_split = write(parts, "all", cut=config.train_ratio)
+    return {"train": train_split, "val": val_split}
 
 
-def load_token_splits(config: DataConfig) -> tuple[np.ndarray, np.ndarray | None]:
-    """Train and validation token streams (uint16 arrays; validation None if there is none), tokenized once.
+def _open_split(entry: Path, split: dict | None) -> TokenShards | None:
+    if split is None:
+        return None
+    return TokenShards([entry / name for name in split["shards"]], split["start"], split["stop"])
+
+
+def load_token_splits(
+    config: DataConfig, shard_tokens: int = SHARD_TOKENS
+) -> tuple[TokenShards, TokenShards | None]:
+    """Train and validation token streams (validation None if there is none), tokenized once.
 
     The result is cached under ``config.cache_dir`` keyed by a hash of the sources (local files' paths,
     sizes and modification times; a Hub dataset's fingerprint; the built-in corpus's text), the
     tokenizer, ``eot_as_special``, the text column and the split, so a second run memory-maps the
-    saved ``.npy`` arrays instead of tokenizing. Not for ``streaming``.
+    saved uint16 shards (:class:`TokenShards`, ``shard_tokens`` ids each) instead of tokenizing.
+    Tokenizing uses ``config.num_proc`` processes (None: every core) and memory flat in the corpus
+    size, except that a single document (the book's character split) is read whole. Not for ``streaming``.
     """
     train, val = train_source(config), validation_source(config)
     folder = Path(config.cache_dir) if config.cache_dir is not None else default_cache_dir()
     entry = folder / _cache_key(config, train, val)
-    if (entry / "meta.json").is_file():
-        train_ids = np.load(entry / "train.npy", mmap_mode="r")
-        val_ids = np.load(entry / "val.npy", mmap_mode="r") if (entry / "val.npy").is_file() else None
-        return train_ids, val_ids
-
-    train_ids, val_ids = _tokenize_splits(config, train, val)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=folder))
-    np.save(tmp / "train.npy", train_ids)
-    if val_ids is not None:
-        np.save(tmp / "val.npy", val_ids)
-    meta = {"train": train.describe(), "validation": None if val is None else val.describe()}
-    meta |= {"train_tokens": int(len(train_ids)), "val_tokens": None if val_ids is None else int(len(val_ids))}
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    try:
-        tmp.rename(entry)
-    except OSError:  # another process (e.g. another rank) finished first: keep its copy
-        shutil.rmtree(tmp, ignore_errors=True)
-    return train_ids, val_ids
+    if not (entry / "meta.json").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        # Written in a hidden sibling and renamed whole: a cache entry is complete or absent.
+        tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=folder))
+        try:
+            splits = _write_splits(config, train, val, tmp, shard_tokens)
+            meta = {"version": CACHE_VERSION, "train": train.describe(),
+                    "validation": None if val is None else val.describe(), "splits": splits}
+            meta |= {f"{k}_tokens": v["stop"] - v["start"] for k, v in splits.items()}
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+            fsync_tree(tmp)
+            tmp.rename(entry)
+        except OSError:
+            if not (entry / "meta.json").is_file():
+                raise
+            # another process (e.g. another rank) finished first: keep its copy
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    splits = json.loads((entry / "meta.json").read_text())["splits"]
+    return _open_split(entry, splits["train"]), _open_split(entry, splits.get("val"))
 
 
 # -- datasets and loaders -------------------------------------------------------------------------

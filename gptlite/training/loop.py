@@ -4,7 +4,8 @@ One optimizer step takes ``grad_accum`` batches on each process. Its loss is the
 token of those batches on every process: each batch's summed loss is divided by the step's total token
 count (all-reduced before the step), and scaled so that Accelerate's division by ``grad_accum`` and
 DDP's averaging over processes leave exactly that mean's gradient. ``N`` processes with batch ``B``
-therefore train like one process with batch ``B`` and ``grad_accum = N``.
+therefore train like one process with batch ``B`` and ``grad_accum = N``, and a checkpoint written by
+``N`` processes resumes on ``M`` when ``M * grad_accum`` stays the same (e.g. 2 processes with 1 -> 1 with 2).
 
 Randomness is seeded in one place, :func:`seed_everything`. The order of the training windows in
 epoch ``e`` is drawn from the training loader's own generator, reseeded with ``seed + e`` as the
@@ -144,6 +145,9 @@ class _Session:
             saved = load_trainer_state(resume)
             check_resumable(saved, state, resume)
             accelerator.load_state(str(resume))
+            # load_state restores Accelerate's batch counter, which decides when gradients synchronise: count it
+            # in this run's --grad-accum (a checkpoint of N processes resumed on M has another one).
+            accelerator.step = saved.global_step * config.grad_accum
             state.global_step, state.epoch, state.step_in_epoch = saved.global_step, saved.epoch, saved.step_in_epoch
             state.tokens_seen, self.history = saved.tokens_seen, History.from_dict(saved.history)
             self.saved_step = state.global_step

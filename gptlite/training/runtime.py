@@ -6,6 +6,7 @@ Both loops (:mod:`gptlite.training.loop` and the book-exact :mod:`gptlite.traini
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def make_accelerator(
     project = None
     if output_dir is not None:
         project = ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(Path(output_dir) / "logs"))
-    return Accelerator(
+    accelerator = Accelerator(
         cpu=on_cpu,
         mixed_precision=mixed_precision,
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=grad_accum, sync_with_dataloader=False),
@@ -58,6 +59,13 @@ def make_accelerator(
         project_config=project,
         step_scheduler_with_optimizer=False,
     )
+    # accelerate (1.15) turns an FSDP config into FSDP only on GPU-like devices: on CPU it trains with plain
+    # DDP without a word (torch's own fully_shard does work on CPU with gloo; accelerate does not route to it).
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and accelerator.distributed_type != "FSDP":
+        raise ValueError(f"the accelerate config asks for FSDP, but accelerate runs it as "
+                         f"{accelerator.distributed_type.value} here (it shards only on GPUs); on CPU launch with "
+                         "--multi_gpu (DDP) instead")
+    return accelerator
 
 
 def keep_freed_memory(device: torch.device) -> None:

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from gptlite.training.token_cache import TokenShards
+
 __all__ = ["StreamingWindows", "TokenWindows", "encode_document", "num_windows"]
 
 
@@ -43,15 +45,17 @@ def encode_document(text: str, eot_as_special: bool = False) -> list[int]:
 class TokenWindows(Dataset):
     """Map-style dataset of ``(input_ids, target_ids)`` windows over one token stream, like ``GPTDatasetV1``.
 
-    Windows are sliced on access, so ``token_ids`` (a numpy array, possibly memory-mapped, a tensor or
-    a list) is never copied window by window.
+    Windows are sliced on access, so ``token_ids`` (a numpy array, possibly memory-mapped, the cache's
+    :class:`~gptlite.training.token_cache.TokenShards`, a tensor or a list) is never copied window by window.
     """
 
     def __init__(self, token_ids, max_length: int, stride: int) -> None:
         _check_lengths(max_length, stride)
         if isinstance(token_ids, torch.Tensor):
             token_ids = token_ids.numpy()
-        self.token_ids = token_ids if isinstance(token_ids, np.ndarray) else np.asarray(token_ids, dtype=np.int64)
+        if not isinstance(token_ids, (np.ndarray, TokenShards)):
+            token_ids = np.asarray(token_ids, dtype=np.int64)
+        self.token_ids = token_ids
         self.max_length = max_length
         self.stride = stride
         self._len = num_windows(len(self.token_ids), max_length, stride)
