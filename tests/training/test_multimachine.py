@@ -10,8 +10,15 @@ import pytest
 import torch
 from trainkit import config_flags, free_port, max_abs_difference, subprocess_env, tiny_config, weights, write_corpus
 
-from gptlite.training.checkpointing import TrainerState, list_checkpoints, load_trainer_state
-from gptlite.training.loop import _check_resumable, make_accelerator, train
+from gptlite.training.checkpointing import (
+    TrainerState,
+    check_resumable,
+    list_checkpoints,
+    load_trainer_state,
+    model_architecture,
+)
+from gptlite.training.loop import train
+from gptlite.training.runtime import make_accelerator
 
 
 @pytest.fixture(autouse=True)
@@ -87,17 +94,22 @@ def test_two_machines_equal_one_process_and_their_checkpoint_resumes_on_one(tmp_
 
 def test_resume_keeps_batches_per_step_and_says_which_grad_accum(tmp_path):
     config = tiny_config(tmp_path, tmp_path / "corpus.txt", grad_accum=1, batch_size=2)
-    saved = TrainerState(steps_per_epoch=7, total_steps=14, num_processes=2, config=config.to_dict())
-    on_one = TrainerState(steps_per_epoch=7, total_steps=14, num_processes=1)
+    architecture = model_architecture(config.model_config())
+    saved = TrainerState(steps_per_epoch=7, total_steps=14, num_processes=2, config=config.to_dict(),
+                         architecture=architecture)
+
+    def now(processes: int, grad_accum: int) -> TrainerState:
+        settings = {**config.to_dict(), "grad_accum": grad_accum}
+        return TrainerState(steps_per_epoch=7, total_steps=14, num_processes=processes, config=settings,
+                            architecture=architecture)
+
     with pytest.raises(ValueError, match=r"written by 2 process\(es\) with --grad-accum 1 \(2 batches per optimizer "
                                          r"step\), this run has 1 process\(es\) with --grad-accum 1 \(1\); continue "
                                          r"it with --grad-accum 2"):
-        _check_resumable(saved, config, on_one, 14)
-    config.grad_accum = 2
-    _check_resumable(saved, config, on_one, 14)  # 1 process x 2 = 2 processes x 1: the same run
-    three = TrainerState(steps_per_epoch=7, total_steps=14, num_processes=3)
+        check_resumable(saved, now(1, 1), tmp_path)
+    check_resumable(saved, now(1, 2), tmp_path)  # 1 process x 2 = 2 processes x 1: the same run
     with pytest.raises(ValueError, match=r"\(6\)$"):  # 2 batches per step cannot be split over 3: no hint
-        _check_resumable(saved, config, three, 14)
+        check_resumable(saved, now(3, 2), tmp_path)
 
 
 def test_fsdp_config_on_cpu_is_refused_not_run_as_ddp(monkeypatch):
