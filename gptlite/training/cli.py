@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from gptlite.downloads import DownloadError
 from gptlite.training.config import TrainConfig, flag
 from gptlite.training.recipes import RECIPES, build_config, coerce, field_kind
 
@@ -113,6 +114,8 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         train(config)
+    except DownloadError as err:  # offline and not cached (--data the-verdict): exit 1 with the line saying why
+        parser.exit(1, f"{parser.prog}: error: {err}\n")
     except (ValueError, KeyError, OSError) as err:
         # Bad settings or data found while starting (tiny corpus, missing file or --init-from model, ...):
         # a message, not a traceback.
@@ -154,6 +157,8 @@ def eval_main(argv: list[str] | None = None) -> None:
 
     try:
         result = evaluate_model(**args)
+    except DownloadError as err:
+        parser.exit(1, f"{parser.prog}: error: {err}\n")
     except (ValueError, KeyError, OSError) as err:
         _exit_on_user_error(parser, err)
     from accelerate import PartialState

@@ -9,6 +9,7 @@ yields the same documents one at a time for streaming. Both list documents in th
 * A JSONL/JSON, CSV or Parquet file gives one document per row, from its ``text_column``.
 * A folder is searched recursively for the suffixes above (hidden files and folders skipped); a glob
   (``*``, ``?``, ``[``; ``**`` recurses) keeps the matches with those suffixes. Both are sorted.
+* A built-in name (``the-verdict``, see :mod:`gptlite.training.builtin_data`) is its cached file.
 * With neither files nor a Hub dataset, the source is the built-in corpus (:func:`default_corpus`).
 """
 
@@ -21,6 +22,8 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from gptlite.training.builtin_data import BUILTIN_TEXTS, builtin_text
 
 __all__ = [
     "TABLE_FORMATS",
@@ -101,6 +104,8 @@ def resolve_files(specs: Sequence[str | os.PathLike[str]]) -> list[Path]:
                 raise FileNotFoundError(f"data folder {text} contains no files ending in {', '.join(_KNOWN_SUFFIXES)}")
         elif path.is_file():
             matched = [path]
+        elif text in BUILTIN_TEXTS:  # --data the-verdict: the book's text, fetched into the cache once
+            matched = [builtin_text(text)]
         else:
             raise FileNotFoundError(f"data path {text} does not exist")
         files.extend(p.resolve() for p in matched)
