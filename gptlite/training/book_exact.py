@@ -97,7 +97,7 @@ def book_calc_loss_loader(data_loader, model, device, num_batches: int | None = 
 
 
 def train_book_exact(config: TrainConfig):
-    """Train as the book's chapter-5 or appendix-D loop does, writing what :func:`~gptlite.training.loop.train` writes."""
+    """Run the book's chapter-5 or appendix-D loop; write what :func:`~gptlite.training.loop.train` writes."""
     from gptlite.tokenization import get_hf_tokenizer, get_tokenizer
     from gptlite.training.data import build_dataloaders
     from gptlite.training.evaluation import sample_text
