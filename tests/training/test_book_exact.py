@@ -238,7 +238,7 @@ def test_book_appendix_d_book_exact_reproduces_the_books_d4_run(tmp_path, capsys
     printed = printed_lines(out)
     history = json.loads((tmp_path / "run" / "history.json").read_text(encoding="utf-8"))
     assert history["step"] == [step for step, _, _ in BOOK_D4_LOSSES]
-    assert history["lr"][0] == 1e-5 and max(history["lr"]) == history["lr"][27] == pytest.approx(1e-3)  # AdamW's default
+    assert history["lr"][0] == 1e-5 and max(history["lr"]) == history["lr"][27] == pytest.approx(1e-3)  # AdamW default
     # Every evaluation line as the listing prints it, with history.json's numbers.
     assert [line for line in printed if line.startswith("Ep ")] == [
         f"Ep {step // 9 + 1} (Iter {step:06d}): Train loss {t:.3f}, Val loss {v:.3f}"
