@@ -35,7 +35,8 @@ class TrainConfig:
 
     # -- data ---------------------------------------------------------------------------------
     data: list[str] = field(default_factory=list)
-    """Text files, folders or globs to train on (JSONL/CSV/Parquet use --text-column); none: the built-in corpus."""
+    """Text files, folders or globs to train on (JSONL/CSV/Parquet use --text-column), or the-verdict (the book's text,
+    downloaded once into the cache); none: the built-in corpus."""
     dataset: str | None = None
     """Hugging Face Hub dataset name instead of local files (downloaded by `datasets` the first time)."""
     dataset_config: str | None = None
