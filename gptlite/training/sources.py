@@ -107,7 +107,8 @@ def resolve_files(specs: Sequence[str | os.PathLike[str]]) -> list[Path]:
         elif text in BUILTIN_TEXTS:  # --data the-verdict: the book's text, fetched into the cache once
             matched = [builtin_text(text)]
         else:
-            raise FileNotFoundError(f"data path {text} does not exist")
+            hint = "; --data the-verdict fetches the book's text" if path.name == "the-verdict.txt" else ""
+            raise FileNotFoundError(f"data path {text} does not exist{hint}")
         files.extend(p.resolve() for p in matched)
     return list(dict.fromkeys(files))
 

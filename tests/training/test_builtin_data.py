@@ -100,3 +100,9 @@ def test_unreachable_and_not_cached_says_so(cache, monkeypatch):
     with pytest.raises(DownloadError, match=r"cannot fetch https://\S+ \(.*Network is unreachable\) and .* is not "
                                             r"cached yet; retry online .* or download .* --data PATH/the-verdict.txt"):
         builtin_text("the-verdict")
+
+
+def test_a_missing_the_verdict_txt_points_to_the_built_in_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="data path the-verdict.txt does not exist; --data the-verdict fetches"):
+        resolve_files(["the-verdict.txt"])
