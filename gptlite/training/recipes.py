@@ -206,6 +206,8 @@ def build_config(
     The recipe is ``recipe`` if given, else the file's ``recipe`` key, else ``"default"``. A ``preset``
     sets the architecture fields (``emb_dim``, ...) to its own, replacing those of lower levels; a
     different value given at the same or a higher level is an error, as the two disagree about the model.
+    When the result is book-exact, the recipe's :data:`BOOK_EXACT` settings join it at the recipe's level;
+    a ``dataset`` given above the recipe drops the recipe's default ``data``.
     """
     file_values = load_config_file(config_file) if config_file is not None else {}
     overrides = {k: v for k, v in (overrides or {}).items() if k != "recipe"}
