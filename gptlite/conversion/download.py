@@ -1,16 +1,16 @@
 """Fetching checkpoints: Hub snapshots through huggingface_hub, OpenAI's release from its public blobs.
 
-Both resume partial downloads, check sizes, and fail at once with a clear message when offline
-(`HF_HUB_OFFLINE=1`) or when the network cannot be reached; a complete cached copy is used offline.
+Both resume partial downloads (OpenAI's through :mod:`gptlite.downloads`), check sizes, and fail at once
+with a clear message when offline (`HF_HUB_OFFLINE=1`) or when the network cannot be reached; a complete
+cached copy is used offline.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import urllib.error
-import urllib.request
 from pathlib import Path
+
+from gptlite.downloads import DownloadError, cache_root, download, is_offline
 
 __all__ = ["OPENAI_SIZES", "DownloadError", "hub_snapshot", "is_offline", "openai_checkpoint"]
 
@@ -19,17 +19,6 @@ OPENAI_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
 OPENAI_SIZES = ("124M", "355M", "774M", "1558M")
 # Only what conversion reads: the .meta graph is TensorFlow's, and the BPE files ship with gptlite.
 OPENAI_FILES = ("checkpoint", "hparams.json", "model.ckpt.index", "model.ckpt.data-00000-of-00001")
-_CHUNK = 1 << 20
-_TIMEOUT = 30
-
-
-class DownloadError(OSError):
-    """A checkpoint could not be fetched (offline, unreachable, unknown, or a size mismatch)."""
-
-
-def is_offline() -> bool:
-    """True when HF_HUB_OFFLINE asks for no network access (read at call time, unlike huggingface_hub)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
 def hub_snapshot(repo_id: str, cache_dir: str | Path | None = None) -> Path:
@@ -62,49 +51,6 @@ def hub_snapshot(repo_id: str, cache_dir: str | Path | None = None) -> Path:
     return folder
 
 
-def _cache_root(cache_dir: str | Path | None) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return Path(xdg) / "gptlite" if xdg else Path.home() / ".cache" / "gptlite"
-
-
-def _urlopen(request: urllib.request.Request, timeout: float):
-    """The one place that touches the network (tests replace it)."""
-    return urllib.request.urlopen(request, timeout=timeout)
-
-
-def _remote_size(url: str) -> int:
-    with _urlopen(urllib.request.Request(url, method="HEAD"), _TIMEOUT) as response:
-        length = response.headers.get("Content-Length")
-    if length is None:
-        raise DownloadError(f"{url}: the server did not say how large the file is")
-    return int(length)
-
-
-def _download(url: str, dest: Path) -> None:
-    """Fetch `url` to `dest`, resuming `dest.part` with a Range request, then check the size."""
-    size = _remote_size(url)
-    if dest.is_file() and dest.stat().st_size == size:
-        return
-    part = dest.with_name(dest.name + ".part")
-    have = part.stat().st_size if part.is_file() else 0
-    if have > size:
-        part.unlink()
-        have = 0
-    if have < size:
-        headers = {"Range": f"bytes={have}-"} if have else {}
-        with _urlopen(urllib.request.Request(url, headers=headers), _TIMEOUT) as response:
-            # 206: the server resumed where we asked; 200: it sent the whole file again.
-            mode = "ab" if have and response.status == 206 else "wb"
-            with open(part, mode) as f:
-                shutil.copyfileobj(response, f, _CHUNK)
-    got = part.stat().st_size
-    if got != size:
-        raise DownloadError(f"{url}: downloaded {got} bytes, expected {size}; run again to resume")
-    part.replace(dest)
-
-
 def openai_checkpoint(size: str, cache_dir: str | Path | None = None) -> Path:
     """OpenAI's GPT-2 release for `size` (124M, 355M, 774M, 1558M) in a local folder, downloaded if needed.
 
@@ -114,7 +60,7 @@ def openai_checkpoint(size: str, cache_dir: str | Path | None = None) -> Path:
     """
     if size not in OPENAI_SIZES:
         raise DownloadError(f"unknown OpenAI GPT-2 size {size!r}; choose one of {', '.join(OPENAI_SIZES)}")
-    folder = _cache_root(cache_dir) / "openai-gpt2" / size
+    folder = cache_root(cache_dir) / "openai-gpt2" / size
     missing = [name for name in OPENAI_FILES if not (folder / name).is_file()]
     if is_offline():
         if missing:
@@ -127,7 +73,7 @@ def openai_checkpoint(size: str, cache_dir: str | Path | None = None) -> Path:
     for name in OPENAI_FILES:
         url = f"{OPENAI_URL}/{size}/{name}"
         try:
-            _download(url, folder / name)
+            download(url, folder / name)
         except urllib.error.HTTPError as err:
             raise DownloadError(f"{url}: HTTP {err.code} {err.reason}") from None
         except (urllib.error.URLError, TimeoutError, ConnectionError) as err:

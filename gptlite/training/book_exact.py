@@ -1,8 +1,14 @@
-"""Book-exact training: chapter 5's ``train_model_simple``, random draw for random draw.
+"""Book-exact training: the book's own loops, chapter 5's ``train_model_simple`` and appendix D's ``train_model``
+(section D.4), random draw for random draw, in one code path.
 
 :func:`~gptlite.training.loop.train` hands over to :func:`train_book_exact` when ``book_exact`` is set
-(the ``book-ch5`` recipe sets it). The run then draws exactly the random numbers the book's listing
-draws, in the same order, from the global torch generator:
+(the ``book-ch5`` recipe sets it; ``--recipe book-appendix-d --book-exact`` asks for it). The two
+listings differ only in what happens around ``loss.backward()``, and neither draws a random number
+there, so one loop runs both: with a constant schedule and no clipping it is chapter 5's, otherwise
+appendix D's (the learning rate set in every param group before each step from the warmup/cosine
+formula, the gradients clipped with ``torch.nn.utils.clip_grad_norm_`` when ``--clip-mode`` says so;
+D.4 as printed is ``book-d4``, ``global_step > warmup_steps``). The run then draws exactly the random
+numbers the book's listing draws, in the same order, from the global torch generator:
 
 * ``torch.manual_seed(seed)`` right before the model is built, with PyTorch's default initialisation
   (``initializer="book"``) drawn in the book's construction order;
@@ -13,9 +19,11 @@ draws, in the same order, from the global torch generator:
 * evaluation is the book's ``evaluate_model``: ``model.eval()``, ``torch.no_grad()``, the mean of
   per-batch mean losses over the first ``eval_iter`` batches of the shuffled training loader, then of
   the validation loader; the greedy sample after each epoch draws nothing;
-* AdamW with PyTorch's default (for-loop) implementation on CPU, constant learning rate, no clipping,
-  no gradient accumulation; the loss is the book's ``calc_loss_batch`` (mean cross-entropy).
+* AdamW with PyTorch's default (for-loop) implementation on CPU, no gradient accumulation; the loss is
+  the book's ``calc_loss_batch`` (mean cross-entropy).
 
+Each evaluation prints the listing's own line (chapter 5: ``Ep 1 (Step 000000): Train loss 9.897, Val
+loss 9.933``; D.4: ``Ep 1 (Iter 000000): ...``) and each epoch ends with the sample, as the book prints.
 Accelerate provides the device, the output writing and the trackers, but prepares nothing: wrapping the
 loader would change its draws. So book-exact runs in one process only, and keeps no checkpoints (the
 final model, history and plots are written as for any run).
@@ -33,7 +41,12 @@ import torch.nn.functional as F
 
 from gptlite.training.config import TrainConfig
 
-__all__ = ["book_calc_loss_batch", "book_calc_loss_loader", "check_book_exact", "train_book_exact"]
+__all__ = ["book_calc_loss_batch", "book_calc_loss_loader", "book_listing", "check_book_exact", "train_book_exact"]
+
+
+def book_listing(config: TrainConfig) -> str:
+    """Which of the book's loops ``config`` runs: chapter 5's (constant LR, no clipping) or appendix D's."""
+    return "chapter 5" if config.schedule == "constant" and config.grad_clip is None else "appendix D"
 
 
 def check_book_exact(config: TrainConfig, num_processes: int = 1) -> None:
@@ -47,10 +60,6 @@ def check_book_exact(config: TrainConfig, num_processes: int = 1) -> None:
         problems.append("--streaming")
     if config.max_steps is not None:
         problems.append(f"--max-steps {config.max_steps}")
-    if config.schedule != "constant":
-        problems.append(f"--schedule {config.schedule} (the book's chapter 5 uses a constant learning rate)")
-    if config.grad_clip is not None:
-        problems.append(f"--grad-clip {config.grad_clip} (chapter 5 does not clip)")
     if config.mixed_precision not in (None, "no"):
         problems.append(f"--mixed-precision {config.mixed_precision}")
     if config.resume_from is not None or config.checkpoint_every is not None:
@@ -88,7 +97,7 @@ def book_calc_loss_loader(data_loader, model, device, num_batches: int | None = 
 
 
 def train_book_exact(config: TrainConfig):
-    """Train as the book's chapter-5 listing does; write the same outputs as :func:`~gptlite.training.loop.train`."""
+    """Run the book's chapter-5 or appendix-D loop; write what :func:`~gptlite.training.loop.train` writes."""
     from gptlite.tokenization import get_hf_tokenizer, get_tokenizer
     from gptlite.training.data import build_dataloaders
     from gptlite.training.evaluation import sample_text
@@ -96,6 +105,7 @@ def train_book_exact(config: TrainConfig):
     from gptlite.training.outputs import TrainResult, save_outputs
     from gptlite.training.run_folder import claim_run_folder
     from gptlite.training.runtime import build_model, keep_freed_memory, make_accelerator
+    from gptlite.training.schedule import should_clip
 
     started = time.perf_counter()
     out = Path(config.output_dir)
@@ -106,11 +116,15 @@ def train_book_exact(config: TrainConfig):
     run = claim_run_folder(config, accelerator)
     device = accelerator.device
     keep_freed_memory(device)
+    listing = book_listing(config)
 
     # The book's loaders: building them draws nothing; the training one shuffles from the global generator.
     train_loader, val_loader = build_dataloaders(config.data_config(), config.batch_size, seed=None)
     steps_per_epoch = len(train_loader)
     total_steps = config.epochs * steps_per_epoch
+    # Appendix D: warmup_steps = int(0.2 * total_steps), lr = initial_lr + global_step * lr_increment, then
+    # the cosine; chapter 5: peak_lr at every step, which is what AdamW holds anyway.
+    schedule = config.lr_schedule(total_steps)
 
     # torch.manual_seed(123); model = GPTModel(GPT_CONFIG_124M); model.to(device); AdamW(...)
     random.seed(config.seed)
@@ -126,6 +140,7 @@ def train_book_exact(config: TrainConfig):
     progress = Progress(accelerator, total_steps)
     tokenizer = get_hf_tokenizer()
     tokens_seen, global_step = 0, -1
+    word = "Step" if listing == "chapter 5" else "Iter"  # each listing's own evaluation line
 
     def evaluate(epoch: int, step_in_epoch: int) -> None:  # the book's evaluate_model
         model.eval()
@@ -135,7 +150,7 @@ def train_book_exact(config: TrainConfig):
                         else book_calc_loss_loader(val_loader, model, device, num_batches=config.eval_iter))
         model.train()
         history.record_eval(global_step, epoch + step_in_epoch / steps_per_epoch, tokens_seen, train_loss, val_loss)
-        progress.evaluation(epoch, global_step, tokens_seen, train_loss, val_loss)
+        progress.evaluation(epoch, global_step, tokens_seen, train_loss, val_loss, word=word, with_perplexity=False)
 
     for epoch in range(config.epochs):
         model.train()
@@ -143,13 +158,18 @@ def train_book_exact(config: TrainConfig):
             progress.start_step()
             input_batch, target_batch = input_batch.to(device), target_batch.to(device)
             optimizer.zero_grad()
+            global_step += 1
+            lr = schedule.lr(global_step)
+            for param_group in optimizer.param_groups:  # D.4 sets the rate before each step
+                param_group["lr"] = lr
             loss = book_calc_loss_batch(model, input_batch, target_batch)
             loss.backward()
+            if config.grad_clip is not None and should_clip(global_step, schedule.warmup_steps, config.clip_mode):
+                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=config.grad_clip)
             optimizer.step()
             tokens_seen += input_batch.numel()
-            global_step += 1
-            history.record_step(config.peak_lr, loss.item())
-            progress.end_step(global_step + 1, history.step_loss[-1], config.peak_lr, input_batch.numel())
+            history.record_step(lr, loss.item())
+            progress.end_step(global_step + 1, history.step_loss[-1], lr, input_batch.numel())
             if global_step % config.eval_freq == 0:
                 evaluate(epoch, step_in_epoch)
         progress.write(sample_text(model, tokenizer, config.start_context, config.sample_tokens))
@@ -158,7 +178,8 @@ def train_book_exact(config: TrainConfig):
     save_outputs(accelerator, model, config, history, run)
     run.release()
     minutes, seconds = divmod(time.perf_counter() - started, 60)
-    accelerator.print(f"{global_step + 1} optimizer steps, {tokens_seen:,} tokens seen; this book-exact run took "
-                      f"{int(minutes)}m{seconds:04.1f}s, training at {progress.tokens_per_second:,.0f} tokens/s")
+    accelerator.print(f"{global_step + 1} optimizer steps, {tokens_seen:,} tokens seen; this book-exact run of "
+                      f"{listing}'s loop took {int(minutes)}m{seconds:04.1f}s, training at "
+                      f"{progress.tokens_per_second:,.0f} tokens/s")
     accelerator.end_training()
     return TrainResult(out, history, global_step + 1, tokens_seen, progress.tokens_per_second, None)

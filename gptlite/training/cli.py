@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gptlite.downloads import DownloadError
 from gptlite.errors import fail
 from gptlite.training.config import TrainConfig, flag
 from gptlite.training.recipes import RECIPES, build_config, coerce, field_kind
@@ -158,6 +159,8 @@ def _train_main(argv: list[str]) -> None:
             left = _what_is_left(config, parser.prog, argv)
             print(f"{parser.prog}: interrupted by {signal.Signals(signum).name}; {left}", file=sys.stderr, flush=True)
         sys.exit(exit_code(signum))
+    except DownloadError as err:  # offline and not cached (--data the-verdict): exit 1 with the line saying why
+        parser.exit(1, f"{parser.prog}: error: {err}\n")
     except (FolderWriteError, OSError) as err:
         if isinstance(err, FolderWriteError) or is_disk_full(err):  # a run-time failure, not the user's input
             parser.exit(1, f"{parser.prog}: error: {err}\n")
@@ -236,6 +239,8 @@ def eval_main(argv: list[str] | None = None) -> None:
 
     try:
         result = evaluate_model(**args)
+    except DownloadError as err:
+        parser.exit(1, f"{parser.prog}: error: {err}\n")
     except (ValueError, KeyError, OSError, KeyboardInterrupt) as err:
         _exit_on_user_error(parser, err)
     from accelerate import PartialState

@@ -35,7 +35,8 @@ class TrainConfig:
 
     # -- data ---------------------------------------------------------------------------------
     data: list[str] = field(default_factory=list)
-    """Text files, folders or globs to train on (JSONL/CSV/Parquet use --text-column); none: the built-in corpus."""
+    """Text files, folders or globs to train on (JSONL/CSV/Parquet use --text-column), or the-verdict (the book's text,
+    downloaded once into the cache); none: the built-in corpus."""
     dataset: str | None = None
     """Hugging Face Hub dataset name instead of local files (downloaded by `datasets` the first time)."""
     dataset_config: str | None = None
@@ -109,7 +110,8 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     """Clip the gradient norm to this value (none: no clipping)."""
     clip_mode: str = "after-warmup"
-    """When --grad-clip applies: after-warmup (appendix D), always, or never."""
+    """When --grad-clip applies: after-warmup (appendix D, from the first step after warmup), always, never, or
+    book-d4 (D.4's listing as printed: from the second step after warmup)."""
 
     # -- monitoring ---------------------------------------------------------------------------
     eval_freq: int = 50
@@ -143,7 +145,8 @@ class TrainConfig:
     tf32: bool = True
     """On CUDA, let fp32 matrix multiplies use TF32 tensor cores (Ampere and newer); no effect on CPU."""
     book_exact: bool = False
-    """Run the book's chapter-5 loop draw for draw (one process; global-RNG shuffling; no checkpoints)."""
+    """Run the book's own loop draw for draw: chapter 5's, or appendix D's with a schedule or clipping (one process;
+    global-RNG shuffling; no checkpoints). With --recipe book-appendix-d it also sets D.4's listing's peak LR."""
 
     def __post_init__(self) -> None:
         for name in ("data", "validation_data", "report_to"):

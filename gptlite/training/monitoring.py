@@ -148,13 +148,20 @@ class Progress:
         return per_device * self.flops_per_token / self.peak_flops
 
     def evaluation(
-        self, epoch: int, step: int, tokens_seen: int, train_loss: float, val_loss: float | None
+        self, epoch: int, step: int, tokens_seen: int, train_loss: float, val_loss: float | None,
+        word: str = "Step", with_perplexity: bool = True,
     ) -> None:
-        """Print the book's line ``Ep 1 (Step 000000): Train loss ..., Val loss ...`` and log the numbers."""
-        line = f"Ep {epoch + 1} (Step {step:06d}): Train loss {train_loss:.3f}"
+        """Print the book's line ``Ep 1 (Step 000000): Train loss ..., Val loss ...`` and log the numbers.
+
+        ``word`` is ``"Iter"`` in appendix D's listing; without ``with_perplexity`` the line is the book's to
+        the letter.
+        """
+        line = f"Ep {epoch + 1} ({word} {step:06d}): Train loss {train_loss:.3f}"
         values = {"train/loss": train_loss, "train/perplexity": perplexity(train_loss), "tokens_seen": tokens_seen}
         if val_loss is not None:
-            line += f", Val loss {val_loss:.3f}, Val perplexity {perplexity(val_loss):.1f}"
+            line += f", Val loss {val_loss:.3f}"
+            if with_perplexity:
+                line += f", Val perplexity {perplexity(val_loss):.1f}"
             values |= {"val/loss": val_loss, "val/perplexity": perplexity(val_loss)}
         self.write(line)
         self.accelerator.log(values, step=step + 1)

@@ -4,11 +4,18 @@
   the built-in Python-documentation corpus), sampling from "The for statement".
 * ``book-ch5``: chapter 5 of the book: the 124M model at context 256, stride 256, batch 2, 10 epochs,
   AdamW at a constant 4e-4 with weight decay 0.1, evaluation every 5 steps over 1 batch, no clipping.
-  The book trains on ``the-verdict.txt``: pass it with ``--data``. It runs book-exact
-  (:mod:`gptlite.training.book_exact`): the book's loop and random draws, so its losses are the book's.
+  It runs book-exact (:mod:`gptlite.training.book_exact`): the book's loop and random draws, so its
+  losses are the book's.
 * ``book-appendix-d``: appendix D's loop on the same model and data: 15 epochs, linear warmup over 20%
-  of the steps from 1e-5 to a peak of 5e-4, cosine decay to 1e-5, gradient clipping at 1.0 after warmup,
-  evaluation every 5 steps over 1 batch.
+  of the steps from 1e-5 to a peak of 5e-4 (the value the text of section D.4 names), cosine decay to
+  1e-5, gradient clipping at 1.0 from the first step after warmup, evaluation every 5 steps over 1 batch,
+  on gptlite's own training path. With ``--book-exact`` it runs the D.4 listing as printed instead, draw for
+  draw (:data:`BOOK_EXACT`): the listing builds ``AdamW`` without ``lr=`` and reads its peak back from
+  the optimizer, so the printed run peaks at AdamW's default 1e-3 (the book's erratum: its repository
+  now passes ``lr=0.001`` explicitly), and it clips only when ``global_step > warmup_steps``.
+
+Both book recipes train on the book's ``the-verdict.txt`` (``--data the-verdict``, downloaded once; see
+:mod:`gptlite.training.builtin_data`) unless ``--data`` or ``--dataset`` says otherwise.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from typing import Any
 
 from gptlite.training.config import ARCHITECTURE_FIELDS, TrainConfig, flag
 
-__all__ = ["RECIPES", "build_config", "coerce", "field_kind", "load_config_file"]
+__all__ = ["BOOK_EXACT", "RECIPES", "build_config", "coerce", "field_kind", "load_config_file"]
 
 _BOOK_124M = {
     "emb_dim": 768,
@@ -46,6 +53,7 @@ _BOOK_124M = {
     "weight_decay": 0.1,
     "start_context": "Every effort moves you",
     "sample_tokens": 50,
+    "data": ["the-verdict"],
 }
 
 RECIPES: dict[str, dict[str, Any]] = {
@@ -72,6 +80,15 @@ RECIPES: dict[str, dict[str, Any]] = {
         "clip_mode": "after-warmup",
         "eval_freq": 5,
         "eval_iter": 1,
+    },
+}
+
+# What --book-exact changes in a recipe, on top of the recipe and below a --config file and the flags: the
+# settings of the book's listing where the general recipe departs from it.
+BOOK_EXACT: dict[str, dict[str, Any]] = {
+    "book-appendix-d": {
+        "peak_lr": 1e-3,  # AdamW's default: the D.4 listing never passes its peak_lr = 5e-4 to the optimizer
+        "clip_mode": "book-d4",  # global_step > warmup_steps, as printed
     },
 }
 
@@ -224,6 +241,8 @@ def build_config(
     The recipe is ``recipe`` if given, else the file's ``recipe`` key, else ``"default"``. A ``preset``
     sets the architecture fields (``emb_dim``, ...) to its own, replacing those of lower levels; a
     different value given at the same or a higher level is an error, as the two disagree about the model.
+    When the result is book-exact, the recipe's :data:`BOOK_EXACT` settings join it at the recipe's level;
+    a ``dataset`` given above the recipe drops the recipe's default ``data``.
     """
     file_values = load_config_file(config_file) if config_file is not None else {}
     overrides = {k: v for k, v in (overrides or {}).items() if k != "recipe"}
@@ -235,9 +254,17 @@ def build_config(
     if unknown:
         raise ValueError(f"unknown setting(s) {', '.join(unknown)}")
 
+    recipe_values = dict(RECIPES[name])
+    book_exact = overrides.get("book_exact", file_values.get("book_exact", recipe_values.get("book_exact", False)))
+    if book_exact:
+        recipe_values |= BOOK_EXACT.get(name, {})
+    given_dataset = file_values.get("dataset") or overrides.get("dataset")
+    if given_dataset and "data" not in file_values and "data" not in overrides:
+        recipe_values.pop("data", None)  # a --dataset replaces the recipe's default text
+
     merged: dict[str, Any] = {}
     level: dict[str, int] = {}  # where each key was last set: 1 recipe, 2 file, 3 flags
-    for rank, values in enumerate((RECIPES[name], file_values, overrides), start=1):
+    for rank, values in enumerate((recipe_values, file_values, overrides), start=1):
         if values.get("preset") is not None:
             for key in ARCHITECTURE_FIELDS:  # the preset supersedes architecture from lower levels
                 merged.pop(key, None)

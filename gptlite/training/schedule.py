@@ -41,9 +41,9 @@ __all__ = [
 ]
 
 ScheduleName = Literal["cosine", "constant"]
-ClipMode = Literal["after-warmup", "always", "never"]
+ClipMode = Literal["after-warmup", "always", "never", "book-d4"]
 SCHEDULES: tuple[str, ...] = ("cosine", "constant")
-CLIP_MODES: tuple[str, ...] = ("after-warmup", "always", "never")
+CLIP_MODES: tuple[str, ...] = ("after-warmup", "always", "never", "book-d4")
 
 
 def resolve_warmup(total_steps: int, warmup_steps: int | None = None, warmup_ratio: float = 0.2) -> int:
@@ -84,7 +84,8 @@ def warmup_cosine_lr(
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
     if step < warmup_steps:
-        return initial_lr + step * (peak_lr - initial_lr) / warmup_steps
+        # The book's association, initial_lr + step * lr_increment, so book-exact runs get its very floats.
+        return initial_lr + step * ((peak_lr - initial_lr) / warmup_steps)
     decay_steps = total_steps - warmup_steps
     if decay_steps <= 0:
         return min_lr
@@ -156,10 +157,13 @@ def should_clip(step: int, warmup_steps: int, mode: str = "after-warmup") -> boo
 
     ``"after-warmup"`` clips from step ``warmup_steps`` on, as the book intends (the book's
     ``global_step > warmup_steps`` also skipped the first post-warmup step; ``>=`` does not).
-    ``"always"`` clips from step 0; ``"never"`` never clips.
+    ``"always"`` clips from step 0; ``"never"`` never clips. ``"book-d4"`` is the listing as printed in
+    section D.4, ``step > warmup_steps`` (the book-exact appendix-D run uses it).
     """
     if mode == "after-warmup":
         return step >= warmup_steps
+    if mode == "book-d4":
+        return step > warmup_steps
     if mode == "always":
         return True
     if mode == "never":

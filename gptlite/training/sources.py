@@ -9,6 +9,7 @@ yields the same documents one at a time for streaming. Both list documents in th
 * A JSONL/JSON, CSV or Parquet file gives one document per row, from its ``text_column``.
 * A folder is searched recursively for the suffixes above (hidden files and folders skipped); a glob
   (``*``, ``?``, ``[``; ``**`` recurses) keeps the matches with those suffixes. Both are sorted.
+* A built-in name (``the-verdict``, see :mod:`gptlite.training.builtin_data`) is its cached file.
 * With neither files nor a Hub dataset, the source is the built-in corpus (:func:`default_corpus`).
 """
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptlite.errors import InputFileError
+from gptlite.training.builtin_data import BUILTIN_TEXTS, builtin_text
 from gptlite.training.file_errors import find_table_error, locate_table_error, read_utf8_text, text_value_error
 
 __all__ = [
@@ -104,8 +106,11 @@ def resolve_files(specs: Sequence[str | os.PathLike[str]]) -> list[Path]:
                 raise FileNotFoundError(f"data folder {text} contains no files ending in {', '.join(_KNOWN_SUFFIXES)}")
         elif path.is_file():
             matched = [path]
+        elif text in BUILTIN_TEXTS:  # --data the-verdict: the book's text, fetched into the cache once
+            matched = [builtin_text(text)]
         else:
-            raise FileNotFoundError(f"data path {text} does not exist")
+            hint = "; --data the-verdict fetches the book's text" if path.name == "the-verdict.txt" else ""
+            raise FileNotFoundError(f"data path {text} does not exist{hint}")
         files.extend(p.resolve() for p in matched)
     return list(dict.fromkeys(files))
 

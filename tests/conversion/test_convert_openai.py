@@ -15,6 +15,7 @@ from conversion_helpers import ATOL, OPENAI_TINY, greedy, max_diff, tokens
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from gptlite import GPTLiteForCausalLM
+from gptlite import downloads as network
 from gptlite.conversion import ConversionError, DownloadError, from_openai
 from gptlite.conversion import download as download_module
 
@@ -157,7 +158,7 @@ class FakeBlobServer:
 def test_download_resumes_and_converts(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     server = FakeBlobServer()
-    monkeypatch.setattr(download_module, "_urlopen", server)
+    monkeypatch.setattr(network, "_urlopen", server)
     folder = tmp_path / "cache" / "openai-gpt2" / "124M"
     folder.mkdir(parents=True)
     index = (OPENAI_TINY / "model.ckpt.index").read_bytes()
@@ -179,7 +180,7 @@ def test_download_resumes_and_converts(tmp_path, monkeypatch):
 
 def test_download_size_mismatch_is_an_error(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(download_module, "_urlopen", FakeBlobServer(short_by=10))
+    monkeypatch.setattr(network, "_urlopen", FakeBlobServer(short_by=10))
     with pytest.raises(DownloadError, match=r"checkpoint: downloaded \d+ bytes, expected \d+; run again"):
         from_openai("124M", tmp_path / "lite", cache_dir=tmp_path / "cache")
 
@@ -188,7 +189,7 @@ def test_offline_fails_at_once_without_touching_the_network(tmp_path, monkeypatc
     def no_network(*args, **kwargs):
         raise AssertionError("the network was used")
 
-    monkeypatch.setattr(download_module, "_urlopen", no_network)
+    monkeypatch.setattr(network, "_urlopen", no_network)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DownloadError, match="HF_HUB_OFFLINE is set"):
         from_openai("124M", tmp_path / "lite", cache_dir=tmp_path / "cache")
@@ -204,7 +205,7 @@ def test_unreachable_network_fails_with_a_clear_message(tmp_path, monkeypatch):
     def unreachable(*args, **kwargs):
         raise urllib.error.URLError(OSError(101, "Network is unreachable"))
 
-    monkeypatch.setattr(download_module, "_urlopen", unreachable)
+    monkeypatch.setattr(network, "_urlopen", unreachable)
     with pytest.raises(DownloadError, match="cannot fetch OpenAI's GPT-2 124M .*Network is unreachable"):
         from_openai("124M", tmp_path / "lite", cache_dir=tmp_path / "cache")
 
