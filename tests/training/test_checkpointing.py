@@ -9,7 +9,16 @@ import time
 
 import pytest
 import torch
-from trainkit import config_flags, max_abs_difference, subprocess_env, tiny_config, train_command, weights, write_corpus
+from trainkit import (
+    config_flags,
+    fresh_accelerate_state,  # noqa: F401 (an autouse fixture)
+    max_abs_difference,
+    subprocess_env,
+    tiny_config,
+    train_command,
+    weights,
+    write_corpus,
+)
 
 from gptlite.training.checkpointing import (
     TRAINER_STATE_NAME,
@@ -24,18 +33,6 @@ from gptlite.training.loop import train
 
 # Dropout on and checkpoints every 2 steps of 18-step epochs: a kill lands inside an epoch.
 SETTINGS = {"epochs": 2, "drop_rate": 0.1, "checkpoint_every": 2, "keep_checkpoints": 3, "eval_freq": 5}
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, GradientState
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
 
 
 @pytest.fixture(scope="module")

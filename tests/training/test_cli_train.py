@@ -10,6 +10,7 @@ import pytest
 import torch
 from trainkit import (
     config_flags,
+    fresh_accelerate_state,  # noqa: F401 (an autouse fixture)
     max_abs_difference,
     run,
     subprocess_env,
@@ -23,18 +24,6 @@ from gptlite.generation import main as generate_main
 from gptlite.training.cli import eval_main, main
 from gptlite.training.config import ARCHITECTURE_FIELDS
 from gptlite.training.recipes import build_config
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, GradientState
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
 
 
 def printed_config(capsys, *argv: str) -> dict:

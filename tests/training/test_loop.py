@@ -7,26 +7,19 @@ import math
 
 import pytest
 import torch
-from trainkit import max_abs_difference, tiny_config, weights, write_corpus
+from trainkit import (
+    fresh_accelerate_state,  # noqa: F401 (an autouse fixture)
+    max_abs_difference,
+    tiny_config,
+    weights,
+    write_corpus,
+)
 
 from gptlite.generation import generate_text, load_tokenizer
 from gptlite.modeling_gptlite import GPTLiteForCausalLM
 from gptlite.training.checkpointing import list_checkpoints, load_trainer_state
 from gptlite.training.loop import train
 from gptlite.training.monitoring import History, Progress
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    # Accelerate keeps process-wide singletons; each run here must start as a new program would.
-    from accelerate.state import AcceleratorState, GradientState
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is as fast and immune to a busy machine
-    yield
-    torch.set_num_threads(threads)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,16 @@ import subprocess
 import sys
 
 import pytest
-import torch
-from trainkit import config_flags, free_port, max_abs_difference, subprocess_env, tiny_config, weights, write_corpus
+from trainkit import (
+    config_flags,
+    free_port,
+    fresh_accelerate_state,  # noqa: F401 (an autouse fixture)
+    max_abs_difference,
+    subprocess_env,
+    tiny_config,
+    weights,
+    write_corpus,
+)
 
 from gptlite.training.checkpointing import (
     TrainerState,
@@ -19,18 +27,6 @@ from gptlite.training.checkpointing import (
 )
 from gptlite.training.loop import train
 from gptlite.training.runtime import make_accelerator
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, GradientState
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
 
 
 def launch_two_machines(config, env) -> list[subprocess.CompletedProcess]:

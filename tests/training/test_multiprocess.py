@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 
 import pytest
-import torch
 from trainkit import (
     config_flags,
     free_port,
+    fresh_accelerate_state,  # noqa: F401 (an autouse fixture)
     max_abs_difference,
     run,
     subprocess_env,
@@ -19,18 +19,6 @@ from trainkit import (
 
 from gptlite.training.checkpointing import list_checkpoints, load_trainer_state
 from gptlite.training.loop import train
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, GradientState
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
 
 
 @pytest.mark.slow

@@ -15,24 +15,19 @@ import sys
 
 import pytest
 import torch
-from trainkit import config_flags, folder_logits, tiny_config, tree_hashes, write_corpus
+from trainkit import (
+    config_flags,
+    folder_logits,
+    fresh_accelerate_state,  # noqa: F401 (an autouse fixture)
+    tiny_config,
+    tree_hashes,
+    write_corpus,
+)
 
 from gptlite.training.checkpointing import list_checkpoints, load_trainer_state
 from gptlite.training.cli import main
 from gptlite.training.loop import train
 from gptlite.training.run_folder import LOCK_FILE, RUN_FILE, read_run_record
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, GradientState
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import torch
 from trainkit import (
     config_flags,
     free_port,
+    fresh_accelerate_state,  # noqa: F401 (an autouse fixture)
     max_abs_difference,
     run,
     subprocess_env,
@@ -29,18 +30,6 @@ from gptlite.training.loop import train
 from gptlite.training.monitoring import Progress
 
 SETTINGS = {"epochs": 2, "drop_rate": 0.1, "checkpoint_every": 4, "keep_checkpoints": 3, "eval_freq": 5}
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, GradientState
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
 
 
 @pytest.fixture(scope="module")

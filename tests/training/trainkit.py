@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -117,3 +118,17 @@ def folder_logits(folder: Path) -> torch.Tensor:
     model = GPTLiteForCausalLM.from_pretrained(folder).eval()
     with torch.no_grad():
         return model(torch.arange(8).unsqueeze(0)).logits
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Autouse in the modules that import it: each run starts as a new program would, on one thread."""
+    # Accelerate keeps process-wide singletons (AcceleratorState, GradientState): reset them after each test.
+    from accelerate.state import AcceleratorState, GradientState
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread is as fast and immune to a busy machine
+    yield
+    torch.set_num_threads(threads)
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
