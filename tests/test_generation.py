@@ -310,8 +310,8 @@ def reshape_tensor(name, shape):
     [
         ("lite", truncate_weights, "model.safetensors: not a readable safetensors file"),
         ("gpt2", truncate_weights, "model.safetensors: not a readable safetensors file"),
-        ("lite", reshape_tensor("trf_blocks.0.norm1.scale", (31,)),
-         "tensor trf_blocks.0.norm1.scale has shape [31], but"),
+        ("lite", reshape_tensor("model.trf_blocks.0.norm1.scale", (31,)),
+         "tensor model.trf_blocks.0.norm1.scale has shape [31], but"),
         ("gpt2", reshape_tensor("transformer.h.1.ln_2.bias", (31,)),
          "tensor transformer.h.1.ln_2.bias has shape [31], but"),
     ],
