@@ -174,15 +174,44 @@ def get_hf_tokenizer(
     return _build_hf_tokenizer(_DATA_DIR, padding_side=padding_side, model_max_length=model_max_length)
 
 
+# config.json keys holding the context length: gptlite's own, then GPT-2's (a `to-hf` export).
+_CONTEXT_LENGTH_KEYS = ("context_length", "n_positions")
+
+
+def _saved_model_context_length(folder: Path) -> int | None:
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # no model saved here (yet), or not one we can read: keep transformers' default
+    if not isinstance(config, dict):
+        return None
+    for key in _CONTEXT_LENGTH_KEYS:
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
 def save_tokenizer(save_directory: str | os.PathLike[str], model_max_length: int | None = None) -> None:
     """Write the Hugging Face tokenizer files (``tokenizer.json``, ``tokenizer_config.json``) to a folder.
 
     The folder can then be loaded offline with ``AutoTokenizer.from_pretrained(save_directory)``,
-    e.g. next to a saved model. The directory is created if needed.
+    e.g. next to a saved model. The directory is created if needed. ``tokenizer_config.json`` names
+    ``GPT2TokenizerFast``, so transformers builds GPT-2's own tokenizer class from it, never remote code.
 
     Args:
         save_directory: target folder.
-        model_max_length: maximum sequence length to record (typically the model's context length).
+        model_max_length: maximum sequence length to record; by default the context length of the model
+            already saved in the folder (its config.json), as GPT-2's tokenizer records its own.
     """
-    Path(save_directory).mkdir(parents=True, exist_ok=True)
-    get_hf_tokenizer(model_max_length=model_max_length).save_pretrained(str(save_directory))
+    folder = Path(save_directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    if model_max_length is None:
+        model_max_length = _saved_model_context_length(folder)
+    get_hf_tokenizer(model_max_length=model_max_length).save_pretrained(str(folder))
+    # transformers 5.x writes "GPT2Tokenizer", which on 4.x names the slow class (it needs vocab.json and
+    # merges.txt, which are not written): name the fast one, which both read from tokenizer.json.
+    config_path = folder / "tokenizer_config.json"
+    tokenizer_config = json.loads(config_path.read_text(encoding="utf-8"))
+    tokenizer_config["tokenizer_class"] = "GPT2TokenizerFast"
+    config_path.write_text(json.dumps(tokenizer_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")

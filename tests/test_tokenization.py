@@ -15,6 +15,7 @@ import pytest
 import tiktoken
 import tiktoken.load
 import tiktoken_ext.openai_public
+import transformers
 from transformers import AutoTokenizer
 
 from gptlite import tokenization
@@ -245,6 +246,70 @@ def test_save_tokenizer_default_length(tmp_path: Path) -> None:
     loaded = AutoTokenizer.from_pretrained(tmp_path / "nested" / "dir", local_files_only=True)
     assert loaded.encode("Hello world") == [15496, 995]
     assert loaded.model_max_length > 10**9
+
+
+def test_save_tokenizer_records_the_saved_models_context_length(tmp_path: Path) -> None:
+    from gptlite import GPTLiteConfig, GPTLiteForCausalLM
+
+    config = GPTLiteConfig(vocab_size=50257, context_length=48, emb_dim=16, n_heads=2, n_layers=1)
+    GPTLiteForCausalLM(config).save_pretrained(tmp_path)
+    save_tokenizer(tmp_path)  # as the README's quick start calls it: no model_max_length
+    assert AutoTokenizer.from_pretrained(tmp_path, trust_remote_code=True).model_max_length == 48
+    assert json.loads((tmp_path / "tokenizer_config.json").read_text())["tokenizer_class"] == "GPT2TokenizerFast"
+
+
+# A child process without gptlite loads the tokenizer of a saved gptlite folder (see test_remote_code.py).
+LOAD_TOKENIZER = """
+import json, sys
+from transformers import AutoTokenizer, GPT2TokenizerFast
+folder, how = sys.argv[1], sys.argv[2]
+if how == "auto":
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+elif how == "auto-trusted":
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+else:
+    tokenizer = GPT2TokenizerFast.from_pretrained(folder)
+print(json.dumps({"ids": tokenizer(sys.argv[3])["input_ids"], "max": tokenizer.model_max_length}))
+"""
+
+
+def _saved_gptlite_folder(tmp_path: Path) -> Path:
+    from gptlite import GPTLiteConfig, GPTLiteForCausalLM
+
+    folder = tmp_path / "my-gpt"
+    config = GPTLiteConfig(vocab_size=50257, context_length=40, emb_dim=16, n_heads=2, n_layers=1)
+    GPTLiteForCausalLM(config).save_pretrained(folder)
+    save_tokenizer(folder)
+    return folder
+
+
+def _load_tokenizer_without_gptlite(tmp_path: Path, how: str, text: str) -> tuple[dict, str]:
+    from test_remote_code import HIDE_GPTLITE, run_child
+
+    child = run_child(HIDE_GPTLITE + LOAD_TOKENIZER, tmp_path, str(_saved_gptlite_folder(tmp_path)), how, text)
+    assert child.returncode == 0, child.stderr
+    return json.loads(child.stdout.splitlines()[-1]), child.stdout + child.stderr
+
+
+@pytest.mark.parametrize("how", ["auto-trusted", "gpt2-class"])
+def test_tokenizer_of_a_saved_folder_loads_quietly_without_gptlite(tmp_path: Path, enc: tiktoken.Encoding,
+                                                                   how: str) -> None:
+    text = THE_VERDICT.read_text(encoding="utf-8")[:2000] if THE_VERDICT.is_file() else PLAIN_TEXTS[-1]
+    loaded, output = _load_tokenizer_without_gptlite(tmp_path, how, text)
+    assert "custom code" not in output and "You are using a model of type" not in output, output
+    assert loaded["max"] == 40
+    assert loaded["ids"] == enc.encode(text)
+
+
+@pytest.mark.xfail(
+    int(transformers.__version__.split(".")[0]) >= 5, strict=True,
+    reason="transformers 5.x AutoTokenizer reads config.json through AutoConfig before tokenizer_config.json, "
+    "so a remote-code config.json (auto_map.AutoConfig) asks its trust_remote_code question first",
+)
+def test_autotokenizer_without_trust_remote_code_asks_nothing(tmp_path: Path, enc: tiktoken.Encoding) -> None:
+    loaded, output = _load_tokenizer_without_gptlite(tmp_path, "auto", "Every effort moves you")
+    assert "custom code" not in output and "You are using a model of type" not in output, output
+    assert loaded["max"] == 40 and loaded["ids"] == enc.encode("Every effort moves you")
 
 
 def _copy_data(tmp_path: Path) -> Path:

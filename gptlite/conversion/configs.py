@@ -131,13 +131,19 @@ def to_gpt2_config(config: GPTLiteConfig, vocab_size: int | None = None) -> GPT2
     Every gptlite option has a GPT-2 equivalent: no query/key/value bias is an exact zero bias, an
     untied head is `tie_word_embeddings=False`, and the single drop_rate sets all three GPT-2 dropouts.
     `vocab_size` overrides the vocabulary size (when a padded vocabulary is trimmed).
+
+    Keys GPT-2 consumers read that transformers no longer needs are written too, as OpenAI's gpt2
+    config.json has them: `n_ctx` (llama.cpp's convert_hf_to_gguf.py requires it) and an explicit
+    `n_inner`, so no reader has to know that None means 4 * n_embd.
     """
     return GPT2Config(
         vocab_size=vocab_size or config.vocab_size,
         n_positions=config.context_length,
+        n_ctx=config.context_length,
         n_embd=config.emb_dim,
         n_layer=config.n_layers,
         n_head=config.n_heads,
+        n_inner=4 * config.emb_dim,
         activation_function="gelu_new",
         resid_pdrop=config.drop_rate,
         embd_pdrop=config.drop_rate,

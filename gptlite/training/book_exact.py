@@ -72,6 +72,8 @@ def check_book_exact(config: TrainConfig, num_processes: int = 1) -> None:
         problems.append(f"--attn-implementation {config.attn_implementation} (its dropout draws differently)")
     if config.fast_dropout:
         problems.append("--fast-dropout (it draws other random numbers than torch's F.dropout)")
+    if config.compile:
+        problems.append("--compile (compiled kernels round differently from the book's eager ones)")
     if problems:
         raise ValueError("--book-exact reproduces the book's single-process loop and cannot run with "
                          + "; ".join(problems) + ". Drop these settings or pass --no-book-exact.")

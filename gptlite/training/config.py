@@ -144,6 +144,8 @@ class TrainConfig:
     """no, bf16 or fp16 autocast (default: what `accelerate launch` was given, else no)."""
     tf32: bool = True
     """On CUDA, let fp32 matrix multiplies use TF32 tensor cores (Ampere and newer); no effect on CPU."""
+    compile: bool = False
+    """torch.compile the model (in place: saved names stay clean); pays off on CUDA, the first steps compile."""
     book_exact: bool = False
     """Run the book's own loop draw for draw: chapter 5's, or appendix D's with a schedule or clipping (one process;
     global-RNG shuffling; no checkpoints). With --recipe book-appendix-d it also sets D.4's listing's peak LR."""

@@ -112,6 +112,10 @@ class _Session:
         use_tf32(accelerator.device, config.tf32)
         seed_everything(config.seed)
         model = build_model(config).to(accelerator.device)
+        if config.compile:
+            # nn.Module.compile compiles in place, not in a wrapper: the state dict, the checkpoints and the
+            # saved model keep their names (no `_orig_mod.`), and the evaluations use the compiled forward too.
+            model.compile()
         with accelerator.main_process_first():  # the main process tokenizes and caches, the others then read
             train_loader, val_loader = build_dataloaders(config.data_config(), config.batch_size, seed=config.seed)
         generator = train_loader.generator  # also the sampler's; Accelerate keeps it when preparing

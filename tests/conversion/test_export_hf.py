@@ -90,3 +90,34 @@ def test_refuses_what_is_not_a_gptlite_language_model(tmp_path):
     save_file(state, weights, metadata={"format": "pt"})
     with pytest.raises(ConversionError, match=r"tensor trf_blocks\.0\.norm2\.shift is missing"):
         to_hf(tmp_path / "lite", tmp_path / "out")
+
+
+# The keys of OpenAI's gpt2 config.json on the Hub (less task_specific_params), which GPT-2 consumers
+# outside transformers read by name: llama.cpp's convert_hf_to_gguf.py reads n_ctx, for one.
+GPT2_HUB_KEYS = {
+    "activation_function", "architectures", "attn_pdrop", "bos_token_id", "embd_pdrop", "eos_token_id",
+    "initializer_range", "layer_norm_epsilon", "model_type", "n_ctx", "n_embd", "n_head", "n_layer",
+    "n_positions", "resid_pdrop", "summary_activation", "summary_first_dropout", "summary_proj_to_labels",
+    "summary_type", "summary_use_proj", "vocab_size",
+}
+
+
+def test_config_has_every_key_gpt2_consumers_read(tmp_path):
+    model = tiny_gptlite(context_length=40, emb_dim=48, n_heads=6, n_layers=3, drop_rate=0.25,
+                         layer_norm_eps=1e-6)
+    model.save_pretrained(tmp_path / "lite")
+    to_hf(tmp_path / "lite", tmp_path / "gpt2")
+    config = json.loads((tmp_path / "gpt2" / "config.json").read_text())
+    assert GPT2_HUB_KEYS <= set(config), GPT2_HUB_KEYS - set(config)
+    expected = {
+        "n_ctx": 40, "n_positions": 40, "n_embd": 48, "n_head": 6, "n_layer": 3, "n_inner": 4 * 48,
+        "vocab_size": 96, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-6,
+        "attn_pdrop": 0.25, "embd_pdrop": 0.25, "resid_pdrop": 0.25, "tie_word_embeddings": False,
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+    }
+    assert {key: config[key] for key in expected} == expected
+    # The file still reads back as the same GPT-2, and converts back to the same gptlite config.
+    from gptlite.conversion.configs import from_gpt2_config, read_gpt2_config
+
+    back = from_gpt2_config(read_gpt2_config(tmp_path / "gpt2" / "config.json"))
+    assert (back.context_length, back.emb_dim, back.n_layers, back.n_heads) == (40, 48, 3, 6)

@@ -192,6 +192,7 @@ def test_book_appendix_d_recipe_keeps_its_modern_path():
         ({"grad_accum": 2}, 1, "--grad-accum 2"),
         ({"attn_implementation": "sdpa"}, 1, "--attn-implementation sdpa"),
         ({"checkpoint_every": 10}, 1, "--checkpoint-every"),
+        ({"compile": True}, 1, "--compile"),
     ],
 )
 def test_book_exact_refuses_what_the_book_has_no_counterpart_for(overrides, processes, named):
