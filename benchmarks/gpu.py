@@ -8,9 +8,8 @@
 2. Training at 124M, context 1024, bf16 autocast, batch 16: gptlite eager and ``torch.compile(model)``
    against transformers' GPT2LMHeadModel eager and compiled, their steps alternating (bench_train's
    rounds); tokens/s, MFU against the GPU's datasheet bf16 peak, and gptlite's best over transformers'
-   best. Then ``gptlite-train`` itself, its steps alternating with transformers' best. gptlite-train has
-   no ``--compile`` flag yet, so the compiled side is ``torch.compile`` applied here to the same model;
-   when TrainConfig gains a ``compile`` field, gptlite-train also runs with it.
+   best. Then ``gptlite-train`` itself, eager and with ``--compile``, its steps alternating with
+   transformers' best.
 3. Greedy decoding, 200 new tokens, batch 1 and 8, bf16 (and fp32 batch 1, where the tokens must equal
    transformers'): gptlite's ``generate`` against GPT2LMHeadModel's, alternating (bench_generate's rounds).
 4. FSDP2 through an accelerate config file (``distributed_type: FSDP``, ``fsdp_version: 2``) on every
@@ -109,14 +108,8 @@ def measure_training(sizes: Sizes, device: torch.device) -> None:
           f" ({best['gptlite'].name} vs {best[THEIRS].name})", flush=True)
 
     # gptlite-train itself, alternating with transformers' best setting.
-    from gptlite.training.config import TrainConfig
-
     their_step = bench_train.make_step(sides[best[THEIRS].name][0], "bf16", fused_loss=False)
-    variants = {"eager": {}}
-    if "compile" in {f.name for f in TrainConfig.__dataclass_fields__.values()}:
-        variants["--compile"] = {"compile": True}
-    else:
-        print("gptlite-train has no --compile yet: its compiled figure is the torch.compile row above")
+    variants = {"eager": {}, "--compile": {"compile": True}}
     for label, overrides in variants.items():
         e2e, ours_s, theirs_s = bench_train.end_to_end("bf16", batches, sizes.rounds, their_step,
                                                        **sizes.shape, **overrides)
