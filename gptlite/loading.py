@@ -86,11 +86,17 @@ def _read_raw_config(folder: Path) -> dict[str, Any]:
     return raw
 
 
+def _naming(where: str, err: BaseException) -> str:
+    # GPTLiteConfig's own checks already name the file they read; others get it in front.
+    message = one_line(err)
+    return message if where in message else f"{where}: {message}"
+
+
 def _gptlite_config(folder: Path, overrides: Mapping[str, Any]) -> GPTLiteConfig:
     try:
         return GPTLiteConfig.from_pretrained(folder, **overrides)
     except (ValueError, TypeError, OSError) as err:  # a field of the wrong type or value
-        raise InputFileError(f"{folder / 'config.json'}: {one_line(err)}") from None
+        raise InputFileError(_naming(str(folder / "config.json"), err)) from None
 
 
 def _gpt2_config(folder: Path) -> GPTLiteConfig:
@@ -100,7 +106,7 @@ def _gpt2_config(folder: Path) -> GPTLiteConfig:
     try:
         return from_gpt2_config(read_gpt2_config(folder / "config.json"), where=where)
     except (ValueError, TypeError) as err:  # a GPT-2 option gptlite cannot express (the message names it)
-        raise UsageError(one_line(err) if where in str(err) else f"{where}: {one_line(err)}") from None
+        raise UsageError(_naming(where, err)) from None
 
 
 def read_model_config(folder: str | os.PathLike[str]) -> tuple[str, GPTLiteConfig]:
