@@ -9,7 +9,7 @@ book's and GPT-2's: learned positions, pre-LayerNorm blocks, tanh-approximated G
 
 This file travels to the Hub as remote code: it imports only torch, transformers and its siblings
 (`configuration_gptlite`, `compat` for what differs between transformers versions, `fast_cpu` for the CPU fast
-paths).
+paths, `packed_linear` for decoding with weights packed for the CPU).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from .compat import (
 )
 from .configuration_gptlite import GPTLiteConfig
 from .fast_cpu import Dropout, linear_cross_entropy
+from .packed_linear import Linear
 
 
 class LayerNorm(nn.Module):
@@ -69,9 +70,9 @@ class FeedForward(nn.Module):
         super().__init__()
         # `layers.0` and `layers.2` are the book's (and GPT-2's c_fc / c_proj) parameter names.
         self.layers = nn.Sequential(
-            nn.Linear(config.emb_dim, 4 * config.emb_dim),
+            Linear(config.emb_dim, 4 * config.emb_dim),
             GELU(),
-            nn.Linear(4 * config.emb_dim, config.emb_dim),
+            Linear(4 * config.emb_dim, config.emb_dim),
         )
         self.layers[2].is_residual_projection = True
 
@@ -113,10 +114,10 @@ class MultiHeadAttention(nn.Module):
         self.attention_dropout = config.drop_rate
         self.is_causal = True
         # Construction order matters for the book's initialisation: query, key, value, out_proj.
-        self.W_query = nn.Linear(config.emb_dim, config.emb_dim, bias=config.qkv_bias)
-        self.W_key = nn.Linear(config.emb_dim, config.emb_dim, bias=config.qkv_bias)
-        self.W_value = nn.Linear(config.emb_dim, config.emb_dim, bias=config.qkv_bias)
-        self.out_proj = nn.Linear(config.emb_dim, config.emb_dim)
+        self.W_query = Linear(config.emb_dim, config.emb_dim, bias=config.qkv_bias)
+        self.W_key = Linear(config.emb_dim, config.emb_dim, bias=config.qkv_bias)
+        self.W_value = Linear(config.emb_dim, config.emb_dim, bias=config.qkv_bias)
+        self.out_proj = Linear(config.emb_dim, config.emb_dim)
         # Read by _init_weights. (Transformers skips init hooks on modules without direct parameters in
         # custom code, so the flag must sit on the Linear itself.)
         self.out_proj.is_residual_projection = True
@@ -327,7 +328,7 @@ class GPTLiteForCausalLM(GPTLitePreTrainedModel, GenerationMixin):
     def __init__(self, config: GPTLiteConfig):
         super().__init__(config)
         self.model = GPTLiteModel(config)
-        self.out_head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
+        self.out_head = Linear(config.emb_dim, config.vocab_size, bias=False)
         self._keep_construction_draws()
         self.post_init()
         if self.generation_config is not None and self.generation_config.pad_token_id is None:

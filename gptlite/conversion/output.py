@@ -32,7 +32,9 @@ MODEL_FILES = frozenset({
     "added_tokens.json",
 })
 _REMOTE_CODE = {
-    "gptlite": frozenset({"configuration_gptlite.py", "modeling_gptlite.py", "compat.py", "fast_cpu.py"}),
+    "gptlite": frozenset(
+        {"configuration_gptlite.py", "modeling_gptlite.py", "compat.py", "fast_cpu.py", "packed_linear.py"}
+    ),
     "gpt2": frozenset(),
 }
 _SHARD = re.compile(r"^(model|pytorch_model)-\d+-of-\d+\.(safetensors|bin)$")
