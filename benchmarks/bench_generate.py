@@ -6,6 +6,10 @@ Both sides run the same `model.generate(input_ids, max_new_tokens=N, do_sample=F
 prompts at the book's 124M shape (context 1024 so that 200 new tokens fit), in fp32 and, where the CPU
 multiplies bf16 natively, with bf16 weights. The two sides' calls alternate, `--rounds` times each, and
 each figure is the median call: a shared machine whose speed drifts slows both sides alike.
+
+At batch 1 decoding is bound by reading every weight once per token. Between the generate calls the same run
+times one pass over exactly those bytes (a sum over each weight matrix, bias and LayerNorm tensor), and prints
+each side's tokens/s as a share of that weight-read bound.
 """
 
 from __future__ import annotations
@@ -18,20 +22,50 @@ import torch
 
 from benchmarks.common import Measurement, gpt_pair, peak_memory, ratio_text, rotated
 from gptlite.conversion.common import gpt2_tensors_to_gptlite
+from gptlite.decode_linear import packed_weight_bytes
 from gptlite.training.runtime import keep_freed_memory
 from gptlite.training.throughput import cpu_has_native_bf16
 
 THEIRS = "transformers GPT2LMHeadModel"
 
 
+def decode_weights(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The tensors one decoding step reads in full: every Linear's and LayerNorm's parameters, each once.
+
+    The token embedding counts only as the tied output head (a step reads one row of it otherwise), and the
+    position embedding not at all.
+    """
+    seen, tensors = set(), []
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding) or list(module.children()):
+            continue
+        for param in module.parameters(recurse=False):
+            if param.data_ptr() not in seen:
+                seen.add(param.data_ptr())
+                tensors.append(param.detach())
+    return tensors
+
+
+def weight_read_seconds(tensors: list[torch.Tensor]) -> float:
+    """One timed pass over the bytes of `tensors`, read as float32 (torch's fastest streaming reduction)."""
+    views = [t.view(torch.float32) if t.dtype == torch.bfloat16 and t.shape[-1] % 2 == 0 else t for t in tensors]
+    start = time.perf_counter()
+    for view in views:
+        view.sum()
+    return time.perf_counter() - start
+
+
 def measure_interleaved(
     sides: dict[str, torch.nn.Module], prompts: torch.Tensor, new_tokens: int, rounds: int
 ) -> tuple[list[Measurement], dict[str, torch.Tensor], dict[str, list[float]]]:
-    """`rounds` timed generate calls per side, alternating (the order rotates); then memory, untimed."""
+    """`rounds` timed generate calls per side, alternating (the order rotates), each followed by timed passes
+    over the weights (under the key "weight read"); then memory, untimed."""
     options = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False, "pad_token_id": 0}
     short = {**options, "max_new_tokens": 8, "min_new_tokens": 8}
     names = list(sides)
     outputs, seconds = {}, {name: [] for name in names}
+    weights = decode_weights(next(iter(sides.values())))
+    reads = []
     with torch.inference_mode():
         for model in sides.values():
             model.eval()
@@ -43,6 +77,7 @@ def measure_interleaved(
                 if prompts.is_cuda:
                     torch.cuda.synchronize()
                 seconds[name].append(time.perf_counter() - start)
+                reads.extend(weight_read_seconds(weights) for _ in range(3))
         measured = []
         for name in names:
             # Memory in one more call, untimed: the sampler takes malloc's locks and would slow the timed one.
@@ -50,6 +85,7 @@ def measure_interleaved(
                 sides[name].generate(prompts, **options)
             generated = (outputs[name].shape[1] - prompts.shape[1]) * prompts.shape[0]
             measured.append(Measurement(name, generated / statistics.median(seconds[name]), memory["peak"] / 2**20))
+    seconds["weight read"] = reads
     return measured, outputs, seconds
 
 
@@ -89,6 +125,11 @@ def main() -> None:
             )
             for m in measured:
                 print(m.row(), flush=True)
+            if batch_size == 1:
+                bound = 1 / statistics.median(seconds["weight read"])  # tokens/s if a step only read the weights
+                shares = ", ".join(f"{m.name.split()[0]} {100 * m.tokens_per_s / bound:.0f}%" for m in measured)
+                print(f"{str(dtype)[6:]} batch 1 weight-read bound: {bound:.1f} tokens/s; reached: {shares}")
+            print(f"gptlite's weights packed for decoding: {packed_weight_bytes() / 2**20:.0f} MB beside the model")
             same = "identical tokens" if torch.equal(outputs[ours_name], outputs[theirs_name]) else "TOKENS DIFFER"
             print(
                 f"{str(dtype)[6:]} batch {batch_size}: gptlite / transformers = "

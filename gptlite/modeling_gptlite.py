@@ -9,7 +9,7 @@ book's and GPT-2's: learned positions, pre-LayerNorm blocks, tanh-approximated G
 
 This file travels to the Hub as remote code: it imports only torch, transformers and its siblings
 (`configuration_gptlite`, `compat` for what differs between transformers versions, `fast_cpu` for the CPU fast
-paths, `packed_linear` for decoding with weights packed for the CPU).
+paths, `decode_linear` for the fastest CPU kernels in bf16 decoding).
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from .compat import (
     with_cache,
 )
 from .configuration_gptlite import GPTLiteConfig
+from .decode_linear import Linear
 from .fast_cpu import Dropout, linear_cross_entropy
-from .packed_linear import Linear
 
 
 class LayerNorm(nn.Module):
@@ -261,7 +261,9 @@ class GPTLiteModel(GPTLitePreTrainedModel):
         self.tok_emb = value
 
     def _check_inputs(self, input_ids: torch.Tensor | None, seq_len: int, past_len: int | torch.Tensor) -> None:
-        # Shape-based, so free everywhere (a static cache's length is a tensor: generate sizes that cache itself).
+        # A static cache's length is a tensor: read on CPU only, where that is free and no graph is being traced.
+        if isinstance(past_len, torch.Tensor) and past_len.device.type == "cpu" and not torch.compiler.is_compiling():
+            past_len = int(past_len)
         if isinstance(past_len, int) and past_len + seq_len > self.config.context_length:
             raise ValueError(
                 f"sequence of {past_len + seq_len} tokens ({past_len} cached + {seq_len} new) exceeds "

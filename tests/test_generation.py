@@ -69,6 +69,14 @@ def test_each_generation_step_processes_one_new_token(pair):
     assert seen == [7, 1, 1, 1, 1, 1]
 
 
+def test_a_static_cache_still_refuses_decoding_past_the_context(pair):
+    model, _ = pair
+    prompt = torch.randint(0, TINY["vocab_size"], (1, 5))
+    with pytest.raises(ValueError, match="exceeds the model's context_length"):
+        model.generate(prompt, max_new_tokens=TINY["context_length"], do_sample=False, eos_token_id=None,
+                       cache_implementation="static")
+
+
 def test_static_cache_equals_dynamic(pair):
     model, _ = pair
     prompt = torch.randint(0, TINY["vocab_size"], (2, 5))

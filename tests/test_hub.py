@@ -34,7 +34,7 @@ MODEL_FILES = {
     "configuration_gptlite.py",
     "compat.py",
     "fast_cpu.py",
-    "packed_linear.py",
+    "decode_linear.py",
 }
 TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json"}
 BOOK_HISTORY = {"train_losses": [9.8, 6.1, 3.2], "val_losses": [9.9, 6.6, 6.2], "tokens_seen": [512, 5632, 10752]}
@@ -134,7 +134,7 @@ def test_model_push_to_hub_uploads_weights_code_tokenizer_and_card(hub, tmp_path
     assert commit.oid == "0" * 40
     assert set(hub.files) == MODEL_FILES | TOKENIZER_FILES | {"README.md"}
     package_dir = Path(gptlite.__file__).parent
-    for name in ("modeling_gptlite.py", "configuration_gptlite.py", "compat.py", "fast_cpu.py", "packed_linear.py"):
+    for name in ("modeling_gptlite.py", "configuration_gptlite.py", "compat.py", "fast_cpu.py", "decode_linear.py"):
         assert hub.files[name] == (package_dir / name).read_bytes()
 
     meta = front_matter(hub.readme())

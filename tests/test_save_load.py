@@ -26,9 +26,9 @@ HUB_FILES = {
     "configuration_gptlite.py",
     "compat.py",  # relative imports of the model file travel with it
     "fast_cpu.py",
-    "packed_linear.py",
+    "decode_linear.py",
 }
-REMOTE_CODE = ("modeling_gptlite.py", "configuration_gptlite.py", "compat.py", "fast_cpu.py", "packed_linear.py")
+REMOTE_CODE = ("modeling_gptlite.py", "configuration_gptlite.py", "compat.py", "fast_cpu.py", "decode_linear.py")
 
 
 def tiny_config(**overrides) -> GPTLiteConfig:
