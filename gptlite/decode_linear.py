@@ -6,15 +6,17 @@ the 124M model's 73 weight matrices on this project's CPU (2 cores of a Sapphire
 for the whole model):
 - one row (batch 1): ATen's own bf16 matrix-vector kernel, reached by bypassing oneDNN for that one product,
   takes 25 ms where oneDNN takes 38 (reading the weights once: 17 ms);
-- 2 to 16 rows: oneDNN with the weight reordered once for the CPU's matrix units and reused (what inductor's CPU
-  freezing does) takes 29 ms where the plain call, which reorders every time, takes 37; ATen's kernel takes 130.
+- 2 to 16 rows (a batch of sequences, one new position each): oneDNN with the weight reordered once for the CPU's
+  matrix units and reused (what inductor's CPU freezing does) takes 29 ms where the plain call, which reorders
+  every time, takes 37; ATen's kernel takes 130.
 fp32 keeps `F.linear`: MKL's matrix-vector product already reads the weights as fast as a plain sum does.
 
 Only inference is changed: eval mode, no gradient wanted, CPU, bf16 weights and inputs, no autocast, not under
 torch.compile (inductor chooses its own kernels). The packed copy costs the weight's size again in memory, so it
-is made only for 2..`MAX_PACKED_ROWS` rows, dropped by `train()`, and redone when the weight changes (an optimizer
-step, `load_state_dict`, `.to()`). Results are bf16 products like `F.linear`'s, fp32-accumulated: the packed
-route gives the same bits, the one-row route may differ in the last bit (`tests/test_decode_linear.py`).
+is made only for decoding steps of 2..`MAX_PACKED_ROWS` sequences (inputs of shape (b, 1, in)), dropped by
+`train()`, and redone when the weight changes (an optimizer step, `load_state_dict`, `.to()`). Results are bf16
+products like `F.linear`'s, fp32-accumulated: the packed route gives the same bits, the one-row route may differ
+in the last bit (`tests/test_decode_linear.py`).
 
 This file travels to the Hub with the model (a relative import of `modeling_gptlite.py`): it imports only torch.
 """
@@ -99,7 +101,9 @@ class Linear(nn.Linear):
             rows = x.numel() // x.shape[-1]
             if rows == 1:
                 return _one_row(self, x)
-            if rows <= MAX_PACKED_ROWS:
+            # Only decoding steps (one new position per sequence) pack: a prompt runs once per generate call,
+            # so a packed copy made for it would cost memory without being reused.
+            if rows <= MAX_PACKED_ROWS and x.dim() == 3 and x.shape[1] == 1:
                 packed = _packed_weight(self)
                 if packed is not None:
                     return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")

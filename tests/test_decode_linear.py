@@ -47,9 +47,9 @@ def test_one_row_is_a_bf16_product_accumulated_in_fp32(shape, bias):
     torch.testing.assert_close(out, F.linear(x, layer.weight, layer.bias), rtol=2**-7, atol=1e-2)
 
 
-@pytest.mark.parametrize("shape", [(2, 96), (3, 1, 96), (16, 96)])
+@pytest.mark.parametrize("shape", [(2, 1, 96), (3, 1, 96), (16, 1, 96)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_a_few_rows_use_the_packed_weight_and_give_f_linears_bits(shape, bias):
+def test_a_decoding_step_of_a_few_sequences_uses_the_packed_weight_with_f_linears_bits(shape, bias):
     layer = linear(bias=bias)
     x = torch.randn(shape).to(torch.bfloat16)
     with torch.inference_mode():
@@ -60,7 +60,7 @@ def test_a_few_rows_use_the_packed_weight_and_give_f_linears_bits(shape, bias):
 
 def test_a_changed_weight_is_packed_again():
     layer = linear()
-    x = torch.randn(4, 96).to(torch.bfloat16)
+    x = torch.randn(4, 1, 96).to(torch.bfloat16)
     with torch.no_grad():
         layer(x)
         first = _PACKED[layer][1]
@@ -73,14 +73,16 @@ def test_a_changed_weight_is_packed_again():
 
 def test_the_plain_product_wherever_the_fast_routes_do_not_pay_or_apply():
     layer = linear()
-    rows = torch.randn(4, 96).to(torch.bfloat16)
+    rows = torch.randn(4, 1, 96).to(torch.bfloat16)
     out = layer(rows)  # gradients wanted: autograd needs the plain product
     assert out.requires_grad
     layer.train()
     with torch.no_grad():
         layer(rows)  # training mode
         layer.eval()
-        layer(torch.randn(decode_linear.MAX_PACKED_ROWS + 1, 96).to(torch.bfloat16))  # bound by arithmetic
+        layer(torch.randn(decode_linear.MAX_PACKED_ROWS + 1, 1, 96).to(torch.bfloat16))  # bound by arithmetic
+        layer(torch.randn(1, 8, 96).to(torch.bfloat16))  # a prompt: runs once, a copy would not be reused
+        layer(torch.randn(8, 96).to(torch.bfloat16))  # not a decoding step
         layer.float()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             layer(rows.float())  # autocast casts the weight itself
