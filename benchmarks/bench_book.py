@@ -3,7 +3,8 @@
     python -m benchmarks.bench_book                      # appendix D's D.4 run (135 steps)
     python -m benchmarks.bench_book --recipe book-ch5    # chapter 5's run (90 steps)
 
-Both sides train the book's 124M model on ../shared/data/the-verdict.txt (or --data) with the same seed
+Both sides train the book's 124M model on ../shared/data/the-verdict.txt when it is there, else on gptlite's
+built-in `the-verdict` (downloaded once into the cache), or on --data, with the same seed
 and print the same lines; the book's side is the copy of the listing in tests/training/book_loop.py with
 the book's GPTModel (tests/book_gpt.py). The two runs take minutes each, so they run once each, book
 first, rather than alternating; run it on an idle machine.
@@ -20,7 +21,9 @@ from pathlib import Path
 
 import torch
 
+from gptlite.downloads import DownloadError
 from gptlite.tokenization import get_tokenizer
+from gptlite.training.builtin_data import builtin_text
 from gptlite.training.cli import main as gptlite_train
 from tests.training.book_loop import run_book_appendix_d, run_book_chapter5
 
@@ -51,8 +54,13 @@ def run_gptlite(recipe: str, data: Path, folder: Path) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", choices=["book-appendix-d", "book-ch5"], default="book-appendix-d")
-    parser.add_argument("--data", type=Path, default=VERDICT)
+    parser.add_argument("--data", type=Path, default=None, help="the book's the-verdict.txt")
     args = parser.parse_args(argv)
+    if args.data is None:
+        try:
+            args.data = VERDICT if VERDICT.exists() else builtin_text("the-verdict")
+        except DownloadError as err:
+            raise SystemExit(str(err)) from None
     if not args.data.exists():
         raise SystemExit(f"{args.data} does not exist: pass --data PATH to the book's the-verdict.txt")
     text = args.data.read_text(encoding="utf-8")
