@@ -45,7 +45,8 @@ class TrainingStopped(KeyboardInterrupt):
 class StopSignals:
     """While active (``with``), SIGINT and SIGTERM request a stop instead of killing the process.
 
-    Outside the main thread (where Python cannot install handlers) it does nothing.
+    Outside the main thread (where Python cannot install handlers) it does nothing, and a signal that was
+    ignored when it started (nohup, a script's background job) stays ignored.
     """
 
     def __init__(self) -> None:
@@ -55,7 +56,10 @@ class StopSignals:
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
             for signum in _SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
+                # A signal the launcher ignores stays ignored: a shell script's `cmd &` and nohup set SIGINT
+                # to SIG_IGN so that Ctrl-C in the terminal leaves the background job running.
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:

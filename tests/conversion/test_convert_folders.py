@@ -161,7 +161,8 @@ def test_ctrl_c_from_a_real_signal(sources, tmp_path):
     """SIGINT to a real `gptlite-convert` process while it writes: one line, exit 130, previous output intact."""
     out, before = previous_output(sources, "lite", tmp_path)
     script = (
-        "import sys, time\n"
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"  # as from a terminal, however pytest was started
         "from gptlite.conversion import common\n"
         "from gptlite.conversion.cli import main\n"
         "original = common.write_safetensors\n"

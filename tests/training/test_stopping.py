@@ -32,6 +32,18 @@ from gptlite.training.monitoring import Progress
 SETTINGS = {"epochs": 2, "drop_rate": 0.1, "checkpoint_every": 4, "keep_checkpoints": 3, "eval_freq": 5}
 
 
+@pytest.fixture(autouse=True)
+def terminal_signal_handlers():
+    """SIGINT and SIGTERM as a terminal starts a program, whatever launched pytest (a script's `pytest &`
+    ignores SIGINT, which gptlite then leaves ignored)."""
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     return write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.txt", n_words=2400)
@@ -109,6 +121,24 @@ def test_a_signal_finishes_the_step_saves_and_resumes_bit_identically(
     resumed = train(config)
     assert resumed.resumed_from == stopped
     assert_same_run(resumed, out, uninterrupted)
+
+
+def test_a_sigint_the_launcher_ignores_stays_ignored(tmp_path, corpus, capsys, monkeypatch):
+    """Under nohup or a script's `gptlite-train &`, Ctrl-C in the terminal must not stop the background run."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    end_step = Progress.end_step
+
+    def signalled_during_step_7(self, global_step, *args, **kwargs):
+        if global_step == 7:
+            os.kill(os.getpid(), signal.SIGINT)
+        end_step(self, global_step, *args, **kwargs)
+
+    monkeypatch.setattr(Progress, "end_step", signalled_during_step_7)
+    config = tiny_config(tmp_path, corpus, **SETTINGS)
+    exit_code, _ = cli(capsys, *config_flags(config))
+    assert exit_code == 0
+    assert (tmp_path / "run" / "model.safetensors").exists()  # ran to the end
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
 def _quoted(flags: list[str]) -> list[str]:
