@@ -28,17 +28,15 @@ def fp32_reference(layer: Linear, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("shape", [(1, 96), (1, 1, 96)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_one_row_is_a_bf16_product_accumulated_in_fp32(shape, bias):
+def test_one_row_is_a_bf16_product_accumulated_in_fp32(shape, bias, monkeypatch):
     layer = linear(bias=bias)
     x = torch.randn(shape).to(torch.bfloat16)
     calls = []
     original = torch._C._set_mkldnn_enabled
+    monkeypatch.setattr(torch._C, "_set_mkldnn_enabled", lambda flag: calls.append(flag) or original(flag))
     with torch.no_grad():
-        torch._C._set_mkldnn_enabled = lambda flag: calls.append(flag) or original(flag)
-        try:
-            out = layer(x)
-        finally:
-            torch._C._set_mkldnn_enabled = original
+        out = layer(x)
+    monkeypatch.undo()
     assert calls == [False, True]  # the one-row route ran, and put oneDNN back
     assert torch._C._get_mkldnn_enabled()
     assert out.shape == (*shape[:-1], 160) and out.dtype == torch.bfloat16

@@ -56,6 +56,11 @@ BOOK_D4_LOSSES = [  # (step, train loss, val loss) of all 27 lines D.4 prints
     (105, 0.089, 6.900), (110, 0.045, 6.911), (115, 0.047, 6.903),
     (120, 0.038, 6.907), (125, 0.040, 6.912), (130, 0.041, 6.915),
 ]
+_D4_SAMPLE_FROM_EPOCH_10 = (
+    'Every effort moves you?"  "Yes--quite insensible to the irony. She wanted him vindicated--and by'
+    ' me!"  He laughed again, and threw back his head to look up at the sketch of the donkey. "There '
+    'were days when I'
+)
 BOOK_D4_SAMPLES = [  # after each of the 15 epochs (appendix-D.ipynb as the book printed it)
     'Every effort moves you,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,',
     'Every effort moves you,,,,,,,,,,,,,,,,,,, the,,,,,,,,, the,,,,,,,,,,, the,,,,,,,,',
@@ -77,24 +82,7 @@ BOOK_D4_SAMPLES = [  # after each of the 15 epochs (appendix-D.ipynb as the book
     ('Every effort moves you?" " on--forming, as it were, so inevitably the background of the house." '
      ' " went on groping and muddling; then I looked at the donkey again. I may be pardoned the bull--'
      'that I found'),
-    ('Every effort moves you?"  "Yes--quite insensible to the irony. She wanted him vindicated--and by'
-     ' me!"  He laughed again, and threw back his head to look up at the sketch of the donkey. "There '
-     'were days when I'),
-    ('Every effort moves you?"  "Yes--quite insensible to the irony. She wanted him vindicated--and by'
-     ' me!"  He laughed again, and threw back his head to look up at the sketch of the donkey. "There '
-     'were days when I'),
-    ('Every effort moves you?"  "Yes--quite insensible to the irony. She wanted him vindicated--and by'
-     ' me!"  He laughed again, and threw back his head to look up at the sketch of the donkey. "There '
-     'were days when I'),
-    ('Every effort moves you?"  "Yes--quite insensible to the irony. She wanted him vindicated--and by'
-     ' me!"  He laughed again, and threw back his head to look up at the sketch of the donkey. "There '
-     'were days when I'),
-    ('Every effort moves you?"  "Yes--quite insensible to the irony. She wanted him vindicated--and by'
-     ' me!"  He laughed again, and threw back his head to look up at the sketch of the donkey. "There '
-     'were days when I'),
-    ('Every effort moves you?"  "Yes--quite insensible to the irony. She wanted him vindicated--and by'
-     ' me!"  He laughed again, and threw back his head to look up at the sketch of the donkey. "There '
-     'were days when I'),
+    *[_D4_SAMPLE_FROM_EPOCH_10] * 6,  # the same greedy continuation after each of epochs 10 to 15
 ]
 TINY = {"emb_dim": 32, "n_layers": 2, "n_heads": 2, "context_length": 32, "stride": 32}
 BOOK_TINY = {"vocab_size": 50257, "context_length": 32, "emb_dim": 32, "n_heads": 2, "n_layers": 2, "drop_rate": 0.1,
