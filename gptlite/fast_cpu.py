@@ -151,6 +151,23 @@ def fast_dropout_attention_forward(
     return context.transpose(1, 2).contiguous(), attn_weights  # (b, q, h, d)
 
 
+# oneDNN multiplies 2048 rows by all of GPT-2's 50257-row vocabulary matrix (transposed) at 0.45 TFLOP/s on this
+# project's CPU, but by slices of 2048 of its rows at 0.64: the same products, 1.5x faster in bf16. fp32 gains
+# nothing from it and keeps its single product.
+_VOCAB_BLOCK_ROWS = 2048
+
+
+def _project_to_vocab(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """`hidden @ weight.T`: (n, e) x (v, e) -> (n, v) logits, in vocabulary blocks for bf16 on CPU."""
+    if hidden.dtype != torch.bfloat16 or hidden.device.type != "cpu" or weight.shape[0] <= _VOCAB_BLOCK_ROWS:
+        return hidden @ weight.T
+    logits = torch.empty(hidden.shape[0], weight.shape[0], dtype=hidden.dtype)
+    for start in range(0, weight.shape[0], _VOCAB_BLOCK_ROWS):
+        block = slice(start, start + _VOCAB_BLOCK_ROWS)
+        torch.mm(hidden, weight[block].T, out=logits[:, block])
+    return logits
+
+
 def _scaled_as(tensor: torch.Tensor, dtype: torch.dtype, scale: torch.Tensor) -> torch.Tensor:
     # One pass either way; never scales the saved tensor in place (backward may run again with retain_graph).
     return tensor * scale if tensor.dtype == dtype else tensor.to(dtype).mul_(scale)
@@ -180,7 +197,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             rows = torch.arange(len(t_chunk), device=h.device)
             valid = t_chunk != ignore_index
             safe_targets = torch.where(valid, t_chunk, 0)
-            logits = h_chunk @ w.T  # (c, v)
+            logits = _project_to_vocab(h_chunk, w)  # (c, v)
             if compute_dtype == torch.bfloat16:
                 grad_logits = torch.softmax(logits, dim=-1)  # (c, v) bf16 probabilities
                 del logits

@@ -42,8 +42,11 @@ def test_linear_cross_entropy_equals_cross_entropy_and_its_gradients(num_items):
         assert (got - want).abs().max().item() < 1e-6
 
 
+@pytest.mark.parametrize("vocab_block_rows", [2048, 128])  # 2048: one product for this vocabulary; 128: three
 @pytest.mark.parametrize("chunk_rows", [None, 16])
-def test_linear_cross_entropy_under_bf16_autocast_matches_the_bf16_logits_loss(chunk_rows):
+def test_linear_cross_entropy_under_bf16_autocast_matches_the_bf16_logits_loss(chunk_rows, vocab_block_rows,
+                                                                              monkeypatch):
+    monkeypatch.setattr(fast_cpu, "_VOCAB_BLOCK_ROWS", vocab_block_rows)
     hidden, weight, targets = _cross_entropy_inputs(width=32, vocab=300, ignore_every=7)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = hidden @ weight.T  # bf16, as transformers' autocast path computes them
@@ -58,6 +61,16 @@ def test_linear_cross_entropy_under_bf16_autocast_matches_the_bf16_logits_loss(c
     for got, want in zip(grads, expected_grads):
         assert got.dtype == torch.float32
         assert (got - want).abs().max().item() < 2e-2 * want.abs().max().item()
+
+
+def test_bf16_logits_in_vocabulary_blocks_are_the_rounded_products_of_the_whole_matrix(monkeypatch):
+    monkeypatch.setattr(fast_cpu, "_VOCAB_BLOCK_ROWS", 128)  # 300 rows: blocks of 128, 128 and 44
+    hidden, weight = torch.randn(70, 32, dtype=torch.bfloat16), torch.randn(300, 32, dtype=torch.bfloat16)
+    exact = hidden.double() @ weight.double().T
+    logits = fast_cpu._project_to_vocab(hidden, weight)
+    assert logits.shape == (70, 300) and logits.dtype == torch.bfloat16
+    # Each logit is its exact product rounded once to bf16 (8 significant bits), in every block.
+    assert ((logits.double() - exact).abs() <= exact.abs() * 2**-8 + 1e-6).all()
 
 
 def test_linear_cross_entropy_in_bf16_caps_an_underflowed_probability_instead_of_returning_inf():
