@@ -9,7 +9,8 @@ book's and GPT-2's: learned positions, pre-LayerNorm blocks, tanh-approximated G
 
 This file travels to the Hub as remote code: it imports only torch, transformers and its siblings
 (`configuration_gptlite`, `compat` for what differs between transformers versions, `fast_cpu` for the CPU fast
-paths, `decode_linear` for the fastest CPU kernels in bf16 decoding).
+paths, `fused_gelu` for bf16 training's GELU on CPU, `decode_linear` for the fastest CPU kernels in bf16
+decoding).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from .compat import (
 from .configuration_gptlite import GPTLiteConfig
 from .decode_linear import Linear
 from .fast_cpu import Dropout, linear_cross_entropy
+from .fused_gelu import tanh_gelu
 
 
 class LayerNorm(nn.Module):
@@ -61,7 +63,14 @@ class LayerNorm(nn.Module):
 class GELU(nn.Module):
     """GPT-2's tanh approximation of GELU, as the book writes it."""
 
+    def __init__(self):
+        super().__init__()
+        # Set by gptlite's training: bf16 training steps on CPU take the compiled kernels of fused_gelu.
+        self.fused = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused and self.training:
+            return tanh_gelu(x)  # ATen's GELU itself wherever the compiled one does not apply
         return F.gelu(x, approximate="tanh")
 
 

@@ -26,9 +26,11 @@ HUB_FILES = {
     "configuration_gptlite.py",
     "compat.py",  # relative imports of the model file travel with it
     "fast_cpu.py",
+    "fused_gelu.py",
     "decode_linear.py",
 }
-REMOTE_CODE = ("modeling_gptlite.py", "configuration_gptlite.py", "compat.py", "fast_cpu.py", "decode_linear.py")
+REMOTE_CODE = ("modeling_gptlite.py", "configuration_gptlite.py", "compat.py", "fast_cpu.py", "fused_gelu.py",
+               "decode_linear.py")
 
 
 def tiny_config(**overrides) -> GPTLiteConfig:

@@ -107,7 +107,7 @@ def build_model(config: TrainConfig):
     if config.init_from is None:
         model = GPTLiteForCausalLM(config.model_config())
         model.set_attn_implementation(attn_implementation)
-        return model
+        return _with_fused_gelu(model, config.fused_gelu)
     from gptlite.loading import load_model
 
     model = load_model(
@@ -121,7 +121,17 @@ def build_model(config: TrainConfig):
             f"--context-length {config.context_length} exceeds the context_length "
             f"{model.config.context_length} of --init-from {config.init_from}"
         )
-    return model.train()
+    return _with_fused_gelu(model, config.fused_gelu).train()
+
+
+def _with_fused_gelu(model, fused: bool):
+    """The model, its GELUs taking fused_gelu's compiled kernels in bf16 CPU training if `fused`."""
+    from gptlite.modeling_gptlite import GELU
+
+    for module in model.modules():
+        if isinstance(module, GELU):
+            module.fused = fused
+    return model
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:

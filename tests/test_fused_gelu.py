@@ -1,0 +1,98 @@
+"""gptlite.fused_gelu: the tanh GELU of bf16 CPU training as compiled kernels, ATen's GELU wherever they cannot run."""
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gptlite import fused_gelu
+from gptlite.fused_gelu import tanh_gelu
+from gptlite.modeling_gptlite import GELU
+from gptlite.training.config import TrainConfig
+from gptlite.training.runtime import build_model
+
+BF16_STEP = 2**-7  # the spacing of bf16 values in [1, 2): one rounding moves a value by at most half of it
+
+
+def _exact_gelu(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x.double(), approximate="tanh")
+
+
+def _inputs(n: int = 5000) -> torch.Tensor:
+    torch.manual_seed(0)
+    return (torch.randn(n) * 3).to(torch.bfloat16)  # well into both tails
+
+
+@pytest.fixture
+def fresh_kernels(monkeypatch):
+    """The module's kernels and its failure record as if nothing had been compiled in this process yet."""
+    monkeypatch.setattr(fused_gelu, "_compiled", {})
+    monkeypatch.setattr(fused_gelu, "_unavailable", [])
+
+
+def test_the_fused_gelu_is_the_tanh_gelu_rounded_once_to_bf16_like_atens():
+    x = _inputs()
+    ours, aten, exact = tanh_gelu(x), F.gelu(x, approximate="tanh"), _exact_gelu(x)
+    assert ours.dtype == torch.bfloat16 and ours.shape == x.shape
+    scale = exact.abs().clamp_min(1e-3)
+    assert ((ours.double() - exact).abs() <= scale * BF16_STEP / 2 + 1e-6).all()
+    # Against ATen's own bf16 GELU: equal, or one bf16 step apart where the two roundings fall either side.
+    assert ((ours.double() - aten.double()).abs() <= scale * BF16_STEP + 1e-6).all()
+    assert (ours == aten).float().mean() > 0.9  # 93% of these
+
+
+def test_the_fused_gelu_gradient_is_the_tanh_gelus():
+    x = _inputs().requires_grad_()
+    grad_out = torch.randn(x.shape).to(torch.bfloat16)
+    (grad,) = torch.autograd.grad(tanh_gelu(x), x, grad_out)
+    exact_x = x.detach().double().requires_grad_()
+    (exact,) = torch.autograd.grad(_exact_gelu(exact_x), exact_x, grad_out.double())
+    assert grad.dtype == torch.bfloat16
+    # One rounding of the product to bf16 (the derivative itself is computed in fp32).
+    assert ((grad.double() - exact).abs() <= exact.abs() * BF16_STEP / 2 + 1e-4).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_other_dtypes_get_atens_gelu_bit_for_bit(dtype):
+    x = torch.randn(300, dtype=dtype)
+    assert not fused_gelu.applies(x)
+    assert torch.equal(tanh_gelu(x), F.gelu(x, approximate="tanh"))
+
+
+def test_without_a_compiler_it_warns_once_and_is_atens_gelu(monkeypatch, fresh_kernels):
+    def no_compiler(fn, **kwargs):
+        def fails(*args):
+            raise RuntimeError("no C++ compiler found (g++)\nmore detail")
+
+        return fails
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    x = _inputs(64).requires_grad_()
+    with pytest.warns(RuntimeWarning, match=r"could not build the fused GELU \(RuntimeError: no C\+\+ compiler"):
+        y = tanh_gelu(x)
+    assert torch.equal(y, F.gelu(x, approximate="tanh"))
+    with warnings.catch_warnings():  # the second call and the gradient fall back silently
+        warnings.simplefilter("error")
+        (grad,) = torch.autograd.grad(tanh_gelu(x).sum(), x)
+    expected = torch.ops.aten.gelu_backward(torch.ones_like(x), x.detach(), approximate="tanh")
+    assert torch.equal(grad, expected)
+
+
+def test_a_gelu_module_takes_the_fused_kernels_only_when_set_and_training():
+    gelu, x = GELU(), _inputs(64).requires_grad_()
+    assert not gelu.fused  # a model as users build or load it: ATen's GELU
+    assert "TanhGELU" not in type(gelu(x).grad_fn).__name__
+    gelu.fused = True
+    assert type(gelu(x).grad_fn).__name__ == "_TanhGELUBackward"
+    gelu.eval()
+    assert torch.equal(gelu(x), F.gelu(x, approximate="tanh"))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_training_sets_the_fused_gelu_from_its_setting(fused):
+    config = TrainConfig(emb_dim=32, n_layers=2, n_heads=2, context_length=16, fused_gelu=fused)
+    model = build_model(config)
+    gelus = [m for m in model.modules() if isinstance(m, GELU)]
+    assert len(gelus) == 2 and all(g.fused is fused for g in gelus)
+    assert "fused" not in model.config.to_dict()  # a speed choice of the run, not of the saved model
