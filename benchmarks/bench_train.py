@@ -3,7 +3,8 @@
     python -m benchmarks.bench_train [--batch-sizes 2 8] [--rounds 4] [--no-end-to-end] [--matmul-bound]
 
 Each side runs forward (labels= loss), backward, gradient clipping and a fused AdamW step at the book's
-124M setting (context 256, dropout 0.1), in fp32 and, where the CPU multiplies bf16 natively, with bf16
+124M setting (context 256, dropout 0.1), gptlite's model built as gptlite-train builds it (fast dropout,
+its attention, the fused GELU), in fp32 and, where the CPU multiplies bf16 natively, with bf16
 autocast; the ratio compares each side's best. Then `gptlite-train`'s own loop (Accelerate, data loader,
 scheduler, logging) runs the same model on the built-in corpus and reports its steady-state tokens/s
 (the first step and evaluations excluded). MFU is against the matmul peak measured in this same run.
@@ -92,29 +93,42 @@ def measure_interleaved(
 MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
 
 
-def matmul_seconds(step: Callable[[torch.Tensor], float], ids: torch.Tensor) -> tuple[float, float]:
-    """One profiled step: the CPU time of all its operators, and of its matrix multiplies alone."""
+def operator_seconds(step: Callable[[torch.Tensor], float], ids: torch.Tensor) -> dict[str, float]:
+    """One profiled step: the CPU time of each operator (compiled kernels included), in seconds."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step(ids)
-    events = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in events) / 1e6
-    return total, sum(e.self_cpu_time_total for e in events if e.key in MATMULS) / 1e6
+    seconds: dict[str, float] = {}
+    for event in prof.key_averages():
+        # A compiled kernel's name ends in its graph's hash: one name for all of them.
+        name = "compiled kernels" if "CompiledFxGraph" in event.key else event.key
+        seconds[name] = seconds.get(name, 0.0) + event.self_cpu_time_total / 1e6
+    return seconds
 
 
 def print_matmul_bound(ours: Callable, theirs: Callable, batches: list[torch.Tensor], rounds: int) -> None:
-    """How far gptlite could go if all but its matrix multiplies took no time, against transformers' step."""
-    bounds, shares = [], []
+    """How far gptlite could go if all but its matrix multiplies took no time, against transformers' step.
+
+    Also the operators that take the rest of gptlite's step, largest first.
+    """
+    bounds, shares, rest = [], [], {}
     for ids in batches[-rounds:]:
-        ours_total, ours_mm = matmul_seconds(ours, ids)
-        theirs_total, theirs_mm = matmul_seconds(theirs, ids)
-        bounds.append(theirs_total / ours_mm)
-        shares.append((ours_mm / ours_total, theirs_mm / theirs_total))
+        ours_s, theirs_s = operator_seconds(ours, ids), operator_seconds(theirs, ids)
+        ours_mm = sum(t for name, t in ours_s.items() if name in MATMULS)
+        theirs_mm = sum(t for name, t in theirs_s.items() if name in MATMULS)
+        bounds.append(sum(theirs_s.values()) / ours_mm)
+        shares.append((ours_mm / sum(ours_s.values()), theirs_mm / sum(theirs_s.values())))
+        for name, t in ours_s.items():
+            if name not in MATMULS:
+                rest.setdefault(name, []).append(t / sum(ours_s.values()))
     print(f"  matrix multiplies: {statistics.median(s for s, _ in shares):.0%} of a gptlite step, "
           f"{statistics.median(t for _, t in shares):.0%} of a transformers step; transformers' step / gptlite's "
           f"matrix multiplies alone = {statistics.median(bounds):.2f}x (rounds {min(bounds):.2f}-{max(bounds):.2f}x), "
           "the ratio if nothing else took time", flush=True)
+    largest = sorted(rest.items(), key=lambda item: -statistics.median(item[1]))[:8]
+    print("  the rest of a gptlite step, largest first: "
+          + ", ".join(f"{name.removeprefix('aten::')} {statistics.median(s):.1%}" for name, s in largest), flush=True)
 
 
 def end_to_end(
@@ -158,6 +172,20 @@ def end_to_end(
     return measurement, ours[1:], theirs[1:]
 
 
+def as_trained(model):
+    """A fresh gptlite of `model`'s shape as gptlite-train builds it: fast dropout, its attention, the fused GELU."""
+    from gptlite.training.config import TrainConfig
+    from gptlite.training.runtime import build_model
+
+    cfg = model.config
+    config = TrainConfig(emb_dim=cfg.emb_dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads, qkv_bias=cfg.qkv_bias,
+                         tie_word_embeddings=cfg.tie_word_embeddings, drop_rate=cfg.drop_rate,
+                         context_length=cfg.context_length)
+    trained = build_model(config)
+    assert sum(p.numel() for p in trained.parameters()) == sum(p.numel() for p in model.parameters())
+    return trained
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[2, 8])
@@ -181,6 +209,7 @@ def main() -> None:
     if not cpu_has_native_bf16():
         print("no native bf16 on this CPU (no AVX512-BF16/AMX): bf16 is emulated and skipped; MFU is against fp32")
     ours, theirs = gpt124m_pair(args.context_length)
+    ours = as_trained(ours)
     cfg = ours.config
     flops_per_token = model_flops_per_token(ours, args.context_length)
 

@@ -9,8 +9,8 @@ book's and GPT-2's: learned positions, pre-LayerNorm blocks, tanh-approximated G
 
 This file travels to the Hub as remote code: it imports only torch, transformers and its siblings
 (`configuration_gptlite`, `compat` for what differs between transformers versions, `fast_cpu` for the CPU fast
-paths, `fused_gelu` for bf16 training's GELU on CPU, `decode_linear` for the fastest CPU kernels in bf16
-decoding).
+paths, `cpu_kernels` for the compiled elementwise kernels of CPU training, `decode_linear` for the fastest CPU
+kernels in bf16 decoding).
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ from .compat import (
     with_cache,
 )
 from .configuration_gptlite import GPTLiteConfig
+from .cpu_kernels import tanh_gelu
 from .decode_linear import Linear
 from .fast_cpu import Dropout, linear_cross_entropy
-from .fused_gelu import tanh_gelu
 
 
 class LayerNorm(nn.Module):
@@ -65,7 +65,7 @@ class GELU(nn.Module):
 
     def __init__(self):
         super().__init__()
-        # Set by gptlite's training: bf16 training steps on CPU take the compiled kernels of fused_gelu.
+        # Set by gptlite's training: bf16 training steps on CPU take the compiled kernels of cpu_kernels.
         self.fused = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

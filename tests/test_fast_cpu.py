@@ -81,9 +81,11 @@ def test_linear_cross_entropy_in_bf16_caps_an_underflowed_probability_instead_of
     assert loss.item() == pytest.approx(-math.log(torch.finfo(torch.float32).tiny))
 
 
+@pytest.mark.parametrize("compiled_from", [1 << 18, 1 << 62])  # the compiled kernel's masks; the Mersenne Twister's
 @pytest.mark.parametrize("p", [0.1, 0.5])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fast_dropout_drops_at_rate_p_scales_exactly_and_backpropagates_its_mask(p, dtype):
+def test_fast_dropout_drops_at_rate_p_scales_exactly_and_backpropagates_its_mask(p, dtype, compiled_from, monkeypatch):
+    monkeypatch.setattr(fast_cpu, "COMPILED_MASK_ELEMENTS", compiled_from)
     x = torch.ones(400_001, dtype=dtype, requires_grad=True)  # not a multiple of 4: the last draw is part-used
     y = apply_dropout(x, p, training=True, fast=True)
     kept_value = 32768 / (32768 - round(p * 32768))

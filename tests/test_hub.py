@@ -34,7 +34,7 @@ MODEL_FILES = {
     "configuration_gptlite.py",
     "compat.py",
     "fast_cpu.py",
-    "fused_gelu.py",
+    "cpu_kernels.py",
     "decode_linear.py",
 }
 TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json"}
@@ -135,7 +135,7 @@ def test_model_push_to_hub_uploads_weights_code_tokenizer_and_card(hub, tmp_path
     assert commit.oid == "0" * 40
     assert set(hub.files) == MODEL_FILES | TOKENIZER_FILES | {"README.md"}
     package_dir = Path(gptlite.__file__).parent
-    for name in ("modeling_gptlite.py", "configuration_gptlite.py", "compat.py", "fast_cpu.py", "fused_gelu.py",
+    for name in ("modeling_gptlite.py", "configuration_gptlite.py", "compat.py", "fast_cpu.py", "cpu_kernels.py",
                  "decode_linear.py"):
         assert hub.files[name] == (package_dir / name).read_bytes()
 

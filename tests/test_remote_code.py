@@ -103,7 +103,7 @@ CHILD = HIDE_GPTLITE + textwrap.dedent(
     assert type(model).__name__ == "GPTLiteForCausalLM"
     assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
     package = type(model).__module__.rsplit(".", 1)[0]
-    for name in ("modeling_gptlite", "configuration_gptlite", "compat", "fast_cpu", "fused_gelu", "decode_linear"):
+    for name in ("modeling_gptlite", "configuration_gptlite", "compat", "fast_cpu", "cpu_kernels", "decode_linear"):
         sibling = sys.modules[f"{package}.{name}"]
         assert os.path.realpath(sibling.__file__).startswith(os.path.realpath(os.environ["HF_HOME"])), sibling
     # The fast-dropout attention registered itself with this transformers, by name.
@@ -132,7 +132,7 @@ def saved_folder_and_expected_tokens(tmp_path: Path) -> tuple[Path, dict]:
     model.save_pretrained(folder)
     save_tokenizer(folder, model_max_length=config.context_length)
     # modeling_gptlite.py's relative imports travel with it
-    for name in ("compat.py", "fast_cpu.py", "fused_gelu.py", "decode_linear.py"):
+    for name in ("compat.py", "fast_cpu.py", "cpu_kernels.py", "decode_linear.py"):
         assert (folder / name).read_bytes() == (REPO_ROOT / "gptlite" / name).read_bytes()
 
     inputs = get_hf_tokenizer()(PROMPT, return_tensors="pt")

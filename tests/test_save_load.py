@@ -26,10 +26,10 @@ HUB_FILES = {
     "configuration_gptlite.py",
     "compat.py",  # relative imports of the model file travel with it
     "fast_cpu.py",
-    "fused_gelu.py",
+    "cpu_kernels.py",
     "decode_linear.py",
 }
-REMOTE_CODE = ("modeling_gptlite.py", "configuration_gptlite.py", "compat.py", "fast_cpu.py", "fused_gelu.py",
+REMOTE_CODE = ("modeling_gptlite.py", "configuration_gptlite.py", "compat.py", "fast_cpu.py", "cpu_kernels.py",
                "decode_linear.py")
 
 

@@ -33,7 +33,7 @@ MODEL_FILES = frozenset({
 })
 _REMOTE_CODE = {
     "gptlite": frozenset(
-        {"configuration_gptlite.py", "modeling_gptlite.py", "compat.py", "fast_cpu.py", "fused_gelu.py",
+        {"configuration_gptlite.py", "modeling_gptlite.py", "compat.py", "fast_cpu.py", "cpu_kernels.py",
          "decode_linear.py"}
     ),
     "gpt2": frozenset(),

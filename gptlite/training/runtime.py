@@ -125,7 +125,7 @@ def build_model(config: TrainConfig):
 
 
 def _with_fused_gelu(model, fused: bool):
-    """The model, its GELUs taking fused_gelu's compiled kernels in bf16 CPU training if `fused`."""
+    """The model, its GELUs taking cpu_kernels' compiled GELU in bf16 CPU training if `fused`."""
     from gptlite.modeling_gptlite import GELU
 
     for module in model.modules():

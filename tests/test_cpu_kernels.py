@@ -1,4 +1,4 @@
-"""gptlite.fused_gelu: the tanh GELU of bf16 CPU training as compiled kernels, ATen's GELU wherever they cannot run."""
+"""gptlite.cpu_kernels: compiled elementwise kernels of CPU training (GELU, dropout), ATen's where they cannot run."""
 
 import warnings
 
@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gptlite import fused_gelu
-from gptlite.fused_gelu import tanh_gelu
+from gptlite import cpu_kernels
+from gptlite.cpu_kernels import hashed_dropout, tanh_gelu
+from gptlite.fast_cpu import apply_dropout
 from gptlite.modeling_gptlite import GELU
 from gptlite.training.config import TrainConfig
 from gptlite.training.runtime import build_model
@@ -27,8 +28,8 @@ def _inputs(n: int = 5000) -> torch.Tensor:
 @pytest.fixture
 def fresh_kernels(monkeypatch):
     """The module's kernels and its failure record as if nothing had been compiled in this process yet."""
-    monkeypatch.setattr(fused_gelu, "_compiled", {})
-    monkeypatch.setattr(fused_gelu, "_unavailable", [])
+    monkeypatch.setattr(cpu_kernels, "_compiled", {})
+    monkeypatch.setattr(cpu_kernels, "_unavailable", [])
 
 
 def test_the_fused_gelu_is_the_tanh_gelu_rounded_once_to_bf16_like_atens():
@@ -56,7 +57,7 @@ def test_the_fused_gelu_gradient_is_the_tanh_gelus():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_other_dtypes_get_atens_gelu_bit_for_bit(dtype):
     x = torch.randn(300, dtype=dtype)
-    assert not fused_gelu.applies(x)
+    assert not cpu_kernels.applies(x)
     assert torch.equal(tanh_gelu(x), F.gelu(x, approximate="tanh"))
 
 
@@ -69,7 +70,7 @@ def test_without_a_compiler_it_warns_once_and_is_atens_gelu(monkeypatch, fresh_k
 
     monkeypatch.setattr(torch, "compile", no_compiler)
     x = _inputs(64).requires_grad_()
-    with pytest.warns(RuntimeWarning, match=r"could not build the fused GELU \(RuntimeError: no C\+\+ compiler"):
+    with pytest.warns(RuntimeWarning, match=r"could not build its CPU training kernels \(RuntimeError: no C\+\+"):
         y = tanh_gelu(x)
     assert torch.equal(y, F.gelu(x, approximate="tanh"))
     with warnings.catch_warnings():  # the second call and the gradient fall back silently
@@ -96,3 +97,55 @@ def test_training_sets_the_fused_gelu_from_its_setting(fused):
     gelus = [m for m in model.modules() if isinstance(m, GELU)]
     assert len(gelus) == 2 and all(g.fused is fused for g in gelus)
     assert "fused" not in model.config.to_dict()  # a speed choice of the run, not of the saved model
+
+
+P_DROPPED = 3277  # of 32768: p = 0.100006, what fast dropout makes of 0.1
+KEPT_SCALE = 32768 / (32768 - P_DROPPED)
+
+
+def test_hashed_dropout_drops_at_its_rate_independently_of_position_and_of_the_previous_mask():
+    n = 1 << 20
+    x = torch.ones(n)
+    first, second = hashed_dropout(x, P_DROPPED, KEPT_SCALE) == 0, hashed_dropout(x, P_DROPPED, KEPT_SCALE) == 0
+    p = P_DROPPED / 32768
+    tolerance = 5 * (p * (1 - p) / (n / 8)) ** 0.5  # five standard deviations of a rate over n/8 elements
+    for lane in range(8):  # every residue of the index: no pattern in the counter's low bits
+        assert abs(first[lane::8].float().mean().item() - p) < tolerance
+    # Neighbours, and the same element in two draws, are dropped together as often as independence says: p^2.
+    assert abs((first[1:] & first[:-1]).float().mean().item() - p * p) < tolerance
+    assert abs((first & second).float().mean().item() - p * p) < tolerance
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_hashed_dropout_follows_the_seed_scales_once_and_backpropagates_the_same_mask(dtype):
+    x = torch.randn(1 << 16).to(dtype).requires_grad_()
+    torch.manual_seed(7)
+    y = hashed_dropout(x, P_DROPPED, KEPT_SCALE)
+    torch.manual_seed(7)
+    assert torch.equal(hashed_dropout(x, P_DROPPED, KEPT_SCALE), y)  # torch's seed decides the mask
+    assert not torch.equal(hashed_dropout(x, P_DROPPED, KEPT_SCALE), y)  # and each call draws a new one
+    kept = y != 0
+    # The kept values are x * scale computed in fp32 and rounded once to x's dtype.
+    assert torch.equal(y[kept], (x.detach()[kept].float() * KEPT_SCALE).to(dtype))
+    grad_out = torch.randn(x.shape).to(dtype)
+    (grad,) = torch.autograd.grad(y, x, grad_out)
+    assert torch.equal(grad, torch.where(kept, grad_out.float() * KEPT_SCALE, 0.0).to(dtype))
+
+
+def test_large_fast_dropout_masks_come_from_the_compiled_kernel_and_small_ones_do_not():
+    big, small = torch.ones(1 << 18, requires_grad=True), torch.ones(1000, requires_grad=True)
+    assert type(apply_dropout(big, 0.1, training=True, fast=True).grad_fn).__name__ == "_HashedDropoutBackward"
+    assert type(apply_dropout(small, 0.1, training=True, fast=True).grad_fn).__name__ == "_MaskedDropoutBackward"
+
+
+def test_without_a_compiler_dropout_falls_back_to_the_mersenne_twister_masks(monkeypatch, fresh_kernels):
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: (_ for _ in ()).throw(RuntimeError("no g++")))
+    x = torch.ones(1 << 18, requires_grad=True)
+    with pytest.warns(RuntimeWarning, match="no g\\+\\+"):
+        y = apply_dropout(x, 0.1, training=True, fast=True)  # the kernel ran eagerly: the same maths
+    assert y.unique().tolist() == [0.0, pytest.approx(KEPT_SCALE)]
+    assert not cpu_kernels.compiled_available()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        later = apply_dropout(x, 0.1, training=True, fast=True)
+    assert type(later.grad_fn).__name__ == "_MaskedDropoutBackward"
