@@ -57,8 +57,8 @@ def _shift_right(z: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def _uniform15(x: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
-    """A uniform integer in [0, 32768) per element of x: the top 15 bits of SplitMix64's output at its index."""
-    z = (torch.arange(x.numel(), device=x.device).view(x.shape) + seed) * _GAMMA
+    """A uniform integer in [0, 32768) per element of flat x: the top 15 bits of SplitMix64's output at its index."""
+    z = (torch.arange(x.numel(), device=x.device) + seed) * _GAMMA
     z = (z ^ _shift_right(z, 30)) * _MIX_1
     z = (z ^ _shift_right(z, 27)) * _MIX_2
     z = z ^ _shift_right(z, 31)
@@ -72,7 +72,7 @@ def _masked(x: torch.Tensor, seed: torch.Tensor, dropped: torch.Tensor, scale: t
     return torch.where(keep, x.float() * scale, 0.0).to(x.dtype)
 
 
-_compiled: dict[tuple, Callable] = {}
+_compiled: dict[Callable, Callable] = {}
 _unavailable: list[str] = []  # why torch.compile could not build the kernels, once it has failed
 
 
@@ -81,14 +81,19 @@ def compiled_available() -> bool:
     return not _unavailable
 
 
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    # Flat, detached and not a view: dynamo then guards only on the dtype (not on rank, base or requires_grad).
+    return x.contiguous().view(-1).detach()
+
+
 def _run(fn: Callable, fallback: Callable, *args):
     if not _unavailable:
         try:
-            # One compiled function per kernel, dtype and rank, each with its own cache of compiled graphs.
-            key = (fn, *((a.dtype, a.dim()) for a in args))
-            if key not in _compiled:
-                _compiled[key] = torch.compile(fn, fullgraph=True)
-            return _compiled[key](*args)
+            # Dynamic shapes from the start, and every kernel runs on flat tensors: one graph per dtype, far
+            # from dynamo's limit of 8 per function (hitting it fails a fullgraph compile).
+            if fn not in _compiled:
+                _compiled[fn] = torch.compile(fn, fullgraph=True, dynamic=True)
+            return _compiled[fn](*args)
         except Exception as error:  # noqa: BLE001 - any failure to build is the toolchain's; the maths is below
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
             _unavailable.append(f"{type(error).__name__}: {first_line}")
@@ -113,12 +118,12 @@ class _TanhGELU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
-        return _run(_gelu_forward, _aten_gelu, x)
+        return _run(_gelu_forward, _aten_gelu, _flat(x)).view(x.shape)
 
     @staticmethod
     def backward(ctx, grad_output):
         (x,) = ctx.saved_tensors
-        return _run(_gelu_backward, _aten_gelu_backward, grad_output.contiguous(), x)
+        return _run(_gelu_backward, _aten_gelu_backward, _flat(grad_output), _flat(x)).view(x.shape)
 
 
 def applies(x: torch.Tensor) -> bool:
@@ -139,12 +144,13 @@ class _HashedDropout(torch.autograd.Function):
         seed = torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64)  # from the default generator
         rate = (torch.tensor(dropped, dtype=torch.int64), torch.tensor(scale, dtype=torch.float32))
         ctx.save_for_backward(seed, *rate)
-        return _run(_masked, _masked, x.contiguous(), seed, *rate)
+        return _run(_masked, _masked, _flat(x), seed, *rate).view(x.shape)
 
     @staticmethod
     def backward(ctx, grad_output):
         # The same seed and indices give the same mask: recomputed rather than kept from the forward pass.
-        return _run(_masked, _masked, grad_output.contiguous(), *ctx.saved_tensors), None, None
+        grad = _run(_masked, _masked, _flat(grad_output), *ctx.saved_tensors)
+        return grad.view(grad_output.shape), None, None
 
 
 def hashed_dropout(x: torch.Tensor, dropped: int, scale: float) -> torch.Tensor:

@@ -149,3 +149,17 @@ def test_without_a_compiler_dropout_falls_back_to_the_mersenne_twister_masks(mon
         warnings.simplefilter("error")
         later = apply_dropout(x, 0.1, training=True, fast=True)
     assert type(later.grad_fn).__name__ == "_MaskedDropoutBackward"
+
+
+def test_many_shapes_ranks_and_dtypes_stay_on_the_compiled_kernels():
+    # dynamo allows 8 graphs per function and a fullgraph compile fails past them: the kernels must not need many.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # ours; inductor has its own
+        for dtype in (torch.float32, torch.bfloat16):
+            for shape in ((5000,), (3, 700), (2, 3, 400), (2, 2, 3, 100), (7, 1, 2, 3, 40), (9, 11), (1,) * 5 + (33,)):
+                x = torch.randn(shape).to(dtype).requires_grad_()
+                y = hashed_dropout(x, P_DROPPED, KEPT_SCALE)
+                z = tanh_gelu(y)
+                assert z.shape == x.shape
+                z.sum().backward()
+    assert cpu_kernels.compiled_available()
