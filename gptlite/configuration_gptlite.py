@@ -91,8 +91,9 @@ class GPTLiteConfig(PretrainedConfig):
         initializer_range: Standard deviation of GPT-2's normal initialisation.
         initializer: `"gpt2"` (normal init, residual projections scaled by 1/sqrt(2·n_layers)) or
             `"book"` (PyTorch's default init, exactly as the book's `GPTModel` draws it).
-        fast_dropout: On CPU, draw dropout masks from 15-bit random numbers, four per 64-bit draw, about 4x
-            faster than torch's `F.dropout`; the probability is rounded to a multiple of 2^-15. False uses
+        fast_dropout: On CPU, draw dropout masks from 15-bit random numbers (four per 64-bit draw, or for large
+            masks a compiled counter-based generator), 4-6x faster than torch's `F.dropout`; the probability is
+            rounded to a multiple of 2^-15. False uses
             `F.dropout`, whose random draws the book's code makes (book-exact training needs them). Off by default,
             so a published model drops out as torch does; gptlite's training settings turn it on.
         tie_word_embeddings: Share the output head with the token embedding (GPT-2 does, the book does not).
