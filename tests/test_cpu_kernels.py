@@ -163,3 +163,13 @@ def test_many_shapes_ranks_and_dtypes_stay_on_the_compiled_kernels():
                 assert z.shape == x.shape
                 z.sum().backward()
     assert cpu_kernels.compiled_available()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_compiled_mask_is_the_eager_one_bit_for_bit(dtype):
+    # Its int64 products wrap modulo 2^64 in both: the fallback (and a backward run eagerly) sees the same mask.
+    x = torch.randn(100_003).to(dtype)
+    seed, dropped, scale = torch.tensor(-(2**62) - 12345), torch.tensor(P_DROPPED), torch.tensor(KEPT_SCALE)
+    compiled = cpu_kernels._run(cpu_kernels._masked, None, x, seed, dropped, scale)
+    assert cpu_kernels.compiled_available()
+    assert torch.equal(compiled, cpu_kernels._masked(x, seed, dropped, scale))
