@@ -39,7 +39,7 @@ from gptlite.training.token_cache import (
     tokenize_documents,
     write_token_stream,
 )
-from gptlite.training.windows import StreamingWindows, TokenWindows, num_windows
+from gptlite.training.windows import StreamingWindows, TokenWindows, collate_windows, num_windows
 
 __all__ = [
     "DataConfig",
@@ -345,8 +345,10 @@ def build_dataloaders(
             drop_last=True,
             num_workers=num_workers,
             generator=generator,
+            collate_fn=collate_windows,
         )
     val_loader = None
     if val_ds is not None:
-        val_loader = DataLoader(val_ds, batch_size=batch_size, shuffle=False, drop_last=False, num_workers=num_workers)
+        val_loader = DataLoader(val_ds, batch_size=batch_size, shuffle=False, drop_last=False, num_workers=num_workers,
+                                collate_fn=collate_windows)
     return train_loader, val_loader

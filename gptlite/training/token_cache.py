@@ -60,7 +60,9 @@ class TokenShards:
             raise ValueError(f"token range [{start}, {stop}) outside the {total} tokens of {len(self.paths)} shard(s)")
 
     def _open(self) -> None:
-        self._shards = [np.load(p, mmap_mode="r") for p in self.paths]
+        # Plain ndarray views of the memory maps: slicing an np.memmap costs two Python calls more per slice
+        # (a third of the loader's time per batch); the maps stay open as the views' base.
+        self._shards = [np.load(p, mmap_mode="r").view(np.ndarray) for p in self.paths]
         self._offsets = [0]  # _offsets[k]: position of shard k's first token in the joined stream
         for shard in self._shards:
             self._offsets.append(self._offsets[-1] + len(shard))

@@ -11,15 +11,15 @@ both as int64 tensors, so a stream needs at least ``max_length + 1`` tokens for 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, IterableDataset, get_worker_info
+from torch.utils.data import Dataset, IterableDataset, default_collate, get_worker_info
 
 from gptlite.training.token_cache import TokenShards
 
-__all__ = ["StreamingWindows", "TokenWindows", "encode_document", "num_windows"]
+__all__ = ["StreamingWindows", "TokenWindows", "WindowBatch", "collate_windows", "encode_document", "num_windows"]
 
 
 def num_windows(n_tokens: int, max_length: int, stride: int) -> int:
@@ -71,6 +71,45 @@ class TokenWindows(Dataset):
         start = idx * self.stride
         chunk = torch.from_numpy(np.array(self.token_ids[start : start + self.max_length + 1], dtype=np.int64))
         return chunk[:-1], chunk[1:]
+
+    def __getitems__(self, indices: list[int]) -> WindowBatch:
+        """The windows a DataLoader's batch asks for, read together (see WindowBatch)."""
+        starts = []
+        for idx in indices:
+            if not -self._len <= idx < self._len:
+                raise IndexError(f"window {idx} out of range for {self._len} windows")
+            starts.append((idx % self._len) * self.stride)
+        span = self.max_length + 1
+        rows = np.stack([self.token_ids[start : start + span] for start in starts])
+        chunks = torch.from_numpy(rows.astype(np.int64))  # (b, max_length + 1)
+        return WindowBatch(chunks[:, :-1].contiguous(), chunks[:, 1:].contiguous())
+
+
+class WindowBatch(Sequence):
+    """A batch of windows as any collate function reads it (a sequence of ``(input_ids, target_ids)``), built
+    as the two (b, max_length) tensors already stacked: `collate_windows` hands those over as they are.
+
+    One copy of the batch's tokens and no per-window tensors, where the loader's time per batch matters beside a
+    GPU's training step.
+    """
+
+    def __init__(self, input_ids: torch.Tensor, target_ids: torch.Tensor) -> None:
+        self.stacked = (input_ids, target_ids)  # (b, max_length) each
+
+    def __len__(self) -> int:
+        return len(self.stacked[0])
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(len(self))[i]]
+        return self.stacked[0][i], self.stacked[1][i]
+
+
+def collate_windows(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """`default_collate`, taking a `WindowBatch`'s stacked tensors without stacking them again."""
+    if isinstance(batch, WindowBatch):
+        return batch.stacked
+    return default_collate(batch)
 
 
 class StreamingWindows(IterableDataset):

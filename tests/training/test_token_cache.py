@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 from test_data import generated_text, joined
+from torch.utils.data import DataLoader, default_collate
 
 import gptlite.training.token_cache as token_cache
 from gptlite.training.data import DataConfig, build_dataloaders, load_token_splits
 from gptlite.training.token_cache import ShardWriter, TokenShards, encode_parts, tokenize_documents
-from gptlite.training.windows import TokenWindows
+from gptlite.training.windows import TokenWindows, collate_windows
 
 
 def windows(ds) -> list[tuple[list[int], list[int]]]:
@@ -111,3 +112,32 @@ def test_failed_tokenization_leaves_no_cache_entry(tmp_path, monkeypatch):
     monkeypatch.undo()
     train, val = load_token_splits(config, shard_tokens=16)
     assert len(train) > 16 and len(val) > 0 and len(list((tmp_path / "c").iterdir())) == 1
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_a_batch_read_at_once_is_the_windows_read_one_by_one(tmp_path, sharded):
+    ids = np.random.default_rng(0).integers(0, 50257, 500).astype(np.uint16)
+    stream = shards_of(ids, tmp_path, shard_tokens=37) if sharded else ids  # windows cross the shards' edges
+    windows = TokenWindows(stream, max_length=16, stride=9)
+    indices = [3, 0, len(windows) - 1, 17, 3, -1]
+    batch = windows.__getitems__(indices)
+    expected = [windows[i] for i in indices]
+    inputs, targets = collate_windows(batch)
+    assert inputs.dtype == torch.int64 and inputs.shape == (6, 16) and inputs.is_contiguous()
+    assert torch.equal(inputs, torch.stack([x for x, _ in expected]))
+    assert torch.equal(targets, torch.stack([y for _, y in expected]))
+    # Any other collate function sees the usual list of (input_ids, target_ids) and stacks the same batch.
+    assert len(batch) == 6 and all(torch.equal(x, e) for (x, _), e in zip(batch, (x for x, _ in expected)))
+    for got, want in zip(default_collate(batch), (inputs, targets)):
+        assert torch.equal(got, want)
+    with pytest.raises(IndexError, match=f"window {len(windows)} out of range"):
+        windows.__getitems__([0, len(windows)])
+
+
+def test_the_training_loader_batches_equal_a_plain_dataloaders(tmp_path):
+    windows = TokenWindows(np.arange(3000, dtype=np.uint16), max_length=32, stride=32)
+    ours = DataLoader(windows, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(1),
+                      collate_fn=collate_windows)
+    plain = DataLoader(windows, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(1))
+    for (x, y), (px, py) in zip(ours, plain, strict=True):
+        assert torch.equal(x, px) and torch.equal(y, py)
