@@ -63,24 +63,22 @@ class TokenWindows(Dataset):
     def __len__(self) -> int:
         return self._len
 
-    def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _tokens(self, idx: int):
+        """Window idx's max_length + 1 token ids (negative idx counting from the end), as stored."""
         if idx < 0:
             idx += self._len
         if not 0 <= idx < self._len:
             raise IndexError(f"window {idx} out of range for {self._len} windows")
         start = idx * self.stride
-        chunk = torch.from_numpy(np.array(self.token_ids[start : start + self.max_length + 1], dtype=np.int64))
+        return self.token_ids[start : start + self.max_length + 1]
+
+    def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        chunk = torch.from_numpy(np.array(self._tokens(idx), dtype=np.int64))
         return chunk[:-1], chunk[1:]
 
     def __getitems__(self, indices: list[int]) -> WindowBatch:
         """The windows a DataLoader's batch asks for, read together (see WindowBatch)."""
-        starts = []
-        for idx in indices:
-            if not -self._len <= idx < self._len:
-                raise IndexError(f"window {idx} out of range for {self._len} windows")
-            starts.append((idx % self._len) * self.stride)
-        span = self.max_length + 1
-        rows = np.stack([self.token_ids[start : start + span] for start in starts])
+        rows = np.stack([self._tokens(idx) for idx in indices])
         chunks = torch.from_numpy(rows.astype(np.int64))  # (b, max_length + 1)
         return WindowBatch(chunks[:, :-1].contiguous(), chunks[:, 1:].contiguous())
 
