@@ -32,15 +32,20 @@ _TWO_ROOT_2_OVER_PI = 2 * math.sqrt(2 / math.pi)  # tanh(z) = 2 sigmoid(2z) - 1,
 _CUBIC = 0.044715
 
 
+def _sigmoid_2z(x32: torch.Tensor) -> torch.Tensor:
+    # 0.5 * (1 + tanh(z)) for GELU's z, from fp32 x
+    return torch.sigmoid(_TWO_ROOT_2_OVER_PI * x32 * (1 + _CUBIC * x32 * x32))
+
+
 def _gelu_forward(x: torch.Tensor) -> torch.Tensor:
     x32 = x.float()
-    return (x32 * torch.sigmoid(_TWO_ROOT_2_OVER_PI * x32 * (1 + _CUBIC * x32 * x32))).to(x.dtype)
+    return (x32 * _sigmoid_2z(x32)).to(x.dtype)
 
 
 def _gelu_backward(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     # d/dx [x sigmoid(u)] = s + x s (1 - s) du/dx, with u = 2z and s = sigmoid(u).
     x32 = x.float()
-    s = torch.sigmoid(_TWO_ROOT_2_OVER_PI * x32 * (1 + _CUBIC * x32 * x32))
+    s = _sigmoid_2z(x32)
     du_dx = _TWO_ROOT_2_OVER_PI * (1 + 3 * _CUBIC * x32 * x32)
     return (grad.float() * (s + x32 * s * (1 - s) * du_dx)).to(grad.dtype)
 
