@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gptlite.errors import InputFileError, one_line
 from gptlite.training.sources import read_text_file
 
 __all__ = ["SHARD_TOKENS", "TOKEN_DTYPE", "ShardWriter", "TokenShards", "encode_parts", "tokenize_documents",
@@ -40,6 +41,15 @@ def usable_cores() -> int:
 
 
 # -- the read side --------------------------------------------------------------------------------
+
+
+def _open_shard(path: Path) -> np.ndarray:
+    """A shard's tokens, memory-mapped, as a plain ndarray; a broken shard is an error that names it."""
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False).view(np.ndarray)
+    except (ValueError, EOFError) as error:  # a truncated or overwritten .npy (not a missing one: that stays)
+        raise InputFileError(f"{path}: not a readable token shard ({one_line(error)}); delete the folder "
+                             f"{path.parent} and the run tokenizes its data again") from error
 
 
 class TokenShards:
@@ -62,7 +72,7 @@ class TokenShards:
     def _open(self) -> None:
         # Plain ndarray views of the memory maps: slicing an np.memmap costs two Python calls more per slice
         # (a third of the loader's time per batch); the maps stay open as the views' base.
-        self._shards = [np.load(p, mmap_mode="r").view(np.ndarray) for p in self.paths]
+        self._shards = [_open_shard(Path(p)) for p in self.paths]
         self._offsets = [0]  # _offsets[k]: position of shard k's first token in the joined stream
         for shard in self._shards:
             self._offsets.append(self._offsets[-1] + len(shard))

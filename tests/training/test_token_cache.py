@@ -1,6 +1,7 @@
 """The sharded token cache gives exactly the windows of the single in-memory array it replaced."""
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from test_data import generated_text, joined
 from torch.utils.data import DataLoader, default_collate
 
 import gptlite.training.token_cache as token_cache
+from gptlite.errors import InputFileError
 from gptlite.training.data import DataConfig, build_dataloaders, load_token_splits
 from gptlite.training.token_cache import ShardWriter, TokenShards, encode_parts, tokenize_documents
 from gptlite.training.windows import TokenWindows, collate_windows
@@ -141,3 +143,17 @@ def test_the_training_loader_batches_equal_a_plain_dataloaders(tmp_path):
     plain = DataLoader(windows, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(1))
     for (x, y), (px, py) in zip(ours, plain, strict=True):
         assert torch.equal(x, px) and torch.equal(y, py)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "overwritten"])
+def test_a_broken_shard_is_one_error_that_names_it_and_the_folder_to_delete(tmp_path, damage):
+    shard = shards_of(np.arange(100, dtype=np.uint16), tmp_path, shard_tokens=64).paths[0]
+    if damage == "truncated":
+        Path(shard).write_bytes(Path(shard).read_bytes()[:100])
+    else:
+        Path(shard).write_bytes(b"garbage")
+    with pytest.raises(InputFileError) as caught:
+        TokenShards([shard])
+    message = str(caught.value)
+    assert message.startswith(f"{shard}: not a readable token shard (") and "\n" not in message
+    assert message.endswith(f"delete the folder {Path(shard).parent} and the run tokenizes its data again")
