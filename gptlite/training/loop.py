@@ -111,7 +111,8 @@ class _Session:
         keep_freed_memory(accelerator.device)
         use_tf32(accelerator.device, config.tf32)
         seed_everything(config.seed)
-        model = build_model(config).to(accelerator.device)
+        quiet = None if accelerator.is_main_process else (lambda message: None)  # one notice, not one per process
+        model = build_model(config, notice=quiet).to(accelerator.device)
         if config.compile:
             # nn.Module.compile compiles in place, not in a wrapper: the state dict, the checkpoints and the
             # saved model keep their names (no `_orig_mod.`), and the evaluations use the compiled forward too.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -96,8 +97,11 @@ def seed_everything(seed: int) -> None:
     set_seed(seed)
 
 
-def build_model(config: TrainConfig):
-    """A fresh model with ``config``'s architecture, or the ``--init-from`` model with its dropout and attention."""
+def build_model(config: TrainConfig, notice: Callable[[str], None] | None = None):
+    """A fresh model with ``config``'s architecture, or the ``--init-from`` model with its dropout and attention.
+
+    ``notice`` receives the one line saying that a plain GPT-2 ``--init-from`` was converted (None: stderr).
+    """
     from gptlite.fast_cpu import FAST_DROPOUT_ATTENTION
     from gptlite.modeling_gptlite import GPTLiteForCausalLM
 
@@ -115,6 +119,7 @@ def build_model(config: TrainConfig):
         dtype=torch.float32,
         overrides={"drop_rate": config.drop_rate, "fast_dropout": config.fast_dropout},
         attn_implementation=attn_implementation,
+        notice=notice,
     )
     if config.context_length > model.config.context_length:
         raise ValueError(

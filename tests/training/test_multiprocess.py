@@ -51,3 +51,24 @@ def test_two_processes_equal_one_process_with_accumulation(tmp_path):
     assert history["tokens_seen"] == one.history.tokens_seen and history["lr"] == pytest.approx(one.history.lr)
     diff = max_abs_difference(weights(tmp_path / "two" / "run"), weights(tmp_path / "one" / "run"))
     assert diff < 1e-4, diff
+
+
+@pytest.mark.slow
+def test_a_gpt2_init_from_is_announced_once_not_once_per_process(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_positions=32, n_embd=32, n_layer=2, n_head=2)).save_pretrained(tmp_path / "gpt2")
+    corpus = write_corpus(tmp_path / "corpus.txt", n_words=600)
+    launch = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+        "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+        "-m", "gptlite.training", "--init-from", str(tmp_path / "gpt2"), "--data", str(corpus),
+        "--cache-dir", str(tmp_path / "cache"), "--output-dir", str(tmp_path / "run"), "--max-steps", "1",
+        "--batch-size", "2", "--context-length", "16", "--eval-freq", "1", "--eval-iter", "1",
+    ]  # fmt: skip
+    done = run(launch, subprocess_env(tmp_path), timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # Both processes load the model; only the main one says that it converted a GPT-2 folder.
+    assert done.stderr.count("is a GPT-2 folder (model_type gpt2): converted to gptlite in memory") == 1
+    assert (tmp_path / "run" / "model.safetensors").is_file()
