@@ -7,15 +7,31 @@ Every command (``gptlite-generate``, ``gptlite-eval``, ``gptlite-train``, ``gptl
 * **1, failure**: the inputs were found but one of them is broken, or something failed while running; the
   fix is in a file or the machine. A truncated weights file, a tensor of the wrong shape, a malformed data
   line, disk full.
-* **130**: interrupted by Ctrl-C.
+* **130 / 143**: interrupted by Ctrl-C (SIGINT) / SIGTERM. Both unwind like Ctrl-C inside
+  :func:`sigterm_unwinds`, so temporary folders are removed on the way out.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import NoReturn
 
-__all__ = ["EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_USAGE", "InputFileError", "UsageError", "exit_status", "fail"]
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
+    "EXIT_USAGE",
+    "InputFileError",
+    "Interrupted",
+    "UsageError",
+    "exit_code",
+    "exit_status",
+    "fail",
+    "sigterm_unwinds",
+]
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -30,8 +46,45 @@ class InputFileError(ValueError):
     """A file that was found cannot be used (exit status 1); the message names the file and where in it."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """A signal (SIGTERM, or a second SIGINT in training) that stops a command at once, unwinding like Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def exit_code(signum: int) -> int:
+    """The shell's code for a process ended by ``signum``: 130 for SIGINT, 143 for SIGTERM."""
+    return 128 + signum
+
+
+@contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Interrupted` instead of killing the process on the spot.
+
+    SIGTERM's default ends the process without running ``finally`` blocks, so a folder being written would
+    leave its hidden temporary sibling behind; raised as an exception, it unwinds like Ctrl-C does.
+    Only the main thread can own signal handlers: elsewhere the block runs unchanged.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def exit_status(err: BaseException) -> int:
     """The exit status of a command that stopped on `err` (see the module docstring)."""
+    if isinstance(err, Interrupted):
+        return exit_code(err.signum)
     if isinstance(err, KeyboardInterrupt):
         return EXIT_INTERRUPTED
     if isinstance(err, InputFileError):
@@ -45,6 +98,8 @@ def exit_status(err: BaseException) -> int:
 
 def one_line(err: BaseException | str) -> str:
     """The message of `err` on one line (library errors sometimes span several)."""
+    if isinstance(err, Interrupted):
+        return f"interrupted ({signal.Signals(err.signum).name})"
     if isinstance(err, KeyboardInterrupt):
         return "interrupted (Ctrl-C)"
     if isinstance(err, KeyError) and err.args:

@@ -7,7 +7,8 @@
 
 Each subcommand calls the function of the same name in `gptlite.conversion` with the same arguments.
 Exit status: 0 written; 1 the conversion failed (bad checkpoint, CRC error, failed --verify, disk full),
-and OUT was left as it was; 2 usage error (bad flags, OUT refused); 130 interrupted (Ctrl-C), OUT as it was.
+and OUT was left as it was; 2 usage error (bad flags, OUT refused); 130 / 143 interrupted (Ctrl-C / SIGTERM),
+OUT as it was.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..errors import Interrupted, exit_code, sigterm_unwinds
 from ..folders import FolderRefused, FolderWriteError
 from .common import DTYPE_CHOICES, ConversionResult
 from .download import DownloadError
@@ -75,7 +77,7 @@ def _run(args: argparse.Namespace) -> ConversionResult:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `gptlite-convert`; returns the exit status (0 ok, 1 failed, 2 usage, 130 interrupted)."""
+    """Entry point of `gptlite-convert`; returns the exit status (0 ok, 1 failed, 2 usage, 130/143 interrupted)."""
     args = _parser().parse_args(argv)  # exits 2 on a bad flag
     from .storage import ConversionError, FlagError
 
@@ -85,8 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     unchanged = f"{out} was left as it was" if out.exists() else f"{out} was not created"
     start = time.perf_counter()
     try:
-        result = _run(args)
-    except KeyboardInterrupt:
+        with sigterm_unwinds():  # a killed conversion removes its hidden temporary folder, as Ctrl-C does
+            result = _run(args)
+    except KeyboardInterrupt as err:
+        if isinstance(err, Interrupted):
+            print(f"{command}: interrupted by SIGTERM; {unchanged}", file=sys.stderr)
+            return exit_code(err.signum)
         print(f"{command}: interrupted; {unchanged}", file=sys.stderr)
         return 130
     except (FolderRefused, FlagError) as err:

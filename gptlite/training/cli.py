@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from gptlite.downloads import DownloadError
-from gptlite.errors import fail
+from gptlite.errors import fail, sigterm_unwinds
 from gptlite.training.config import TrainConfig, flag
 from gptlite.training.recipes import RECIPES, build_config, coerce, field_kind
 
@@ -108,25 +108,10 @@ def _exit_on_user_error(parser: argparse.ArgumentParser, err: BaseException) -> 
 
 def main(argv: list[str] | None = None) -> None:
     """``gptlite-train [FLAGS]``: resolve the settings, then :func:`~gptlite.training.loop.train`."""
-    from gptlite.training.stopping import Interrupted
-
-    def interrupt(signum, frame):
-        raise Interrupted(signum)
-
     # SIGTERM outside the loop (while tokenizing, saving): unwind like Ctrl-C, so temporary folders and the
     # lock go away, then one line. Inside the loop train() handles both signals itself.
-    previous = signal.signal(signal.SIGTERM, interrupt) if _in_main_thread() else None
-    try:
+    with sigterm_unwinds():
         _train_main(sys.argv[1:] if argv is None else list(argv))
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 def _train_main(argv: list[str]) -> None:

@@ -15,22 +15,11 @@ from pathlib import Path
 
 import torch
 
+from gptlite.errors import Interrupted, exit_code
+
 __all__ = ["Interrupted", "StopSignals", "TrainingStopped", "exit_code"]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def exit_code(signum: int) -> int:
-    """The shell's code for a process ended by ``signum``: 130 for SIGINT, 143 for SIGTERM."""
-    return 128 + signum
-
-
-class Interrupted(KeyboardInterrupt):
-    """A second SIGINT/SIGTERM: stop at once, without a checkpoint."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 class TrainingStopped(KeyboardInterrupt):

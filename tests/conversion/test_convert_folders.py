@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -157,8 +158,14 @@ def test_a_crc_error_keeps_the_previous_output(sources, tmp_path, capsys):
     assert_intact(out, before)
 
 
-def test_ctrl_c_from_a_real_signal(sources, tmp_path):
-    """SIGINT to a real `gptlite-convert` process while it writes: one line, exit 130, previous output intact."""
+@pytest.mark.parametrize(("signum", "status", "said"), [
+    (signal.SIGINT, 130, "interrupted"),
+    # SIGTERM's default would end the process on the spot and leave the hidden temporary folder behind.
+    (signal.SIGTERM, 143, "interrupted by SIGTERM"),
+])
+def test_a_real_signal_while_writing_keeps_the_previous_output(signum, status, said, sources, tmp_path):
+    """SIGINT / SIGTERM to a real `gptlite-convert` process while it writes: one line, exit 130 / 143, previous
+    output intact, no temporary folder left."""
     out, before = previous_output(sources, "lite", tmp_path)
     script = (
         "import signal, sys, time\n"
@@ -183,16 +190,16 @@ def test_ctrl_c_from_a_real_signal(sources, tmp_path):
     try:
         assert process.stdout.readline() == "writing\n"
         assert any(p.name.startswith(".out.tmp-") for p in tmp_path.iterdir())  # mid-write, beside OUT
-        process.send_signal(subprocess.signal.SIGINT)
+        process.send_signal(signum)
         stdout, stderr = process.communicate(timeout=60)
     finally:
         process.kill()
-    assert process.returncode == 130, stderr
+    assert process.returncode == status, stderr
     assert "Traceback" not in stderr
     assert [line for line in stderr.splitlines() if line.startswith("gptlite-convert")] == [
-        f"gptlite-convert from-hf: interrupted; {out} was left as it was"
+        f"gptlite-convert from-hf: {said}; {out} was left as it was"
     ]
-    assert_intact(out, before)
+    assert_intact(out, before)  # also: no hidden sibling left
 
 
 def test_a_real_full_disk_keeps_the_previous_output(sources, small_tmpfs, capsys):
