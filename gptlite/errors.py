@@ -98,8 +98,6 @@ def exit_status(err: BaseException) -> int:
 
 def one_line(err: BaseException | str) -> str:
     """The message of `err` on one line (library errors sometimes span several)."""
-    if isinstance(err, Interrupted):
-        return f"interrupted ({signal.Signals(err.signum).name})"
     if isinstance(err, KeyboardInterrupt):
         return "interrupted (Ctrl-C)"
     if isinstance(err, KeyError) and err.args:

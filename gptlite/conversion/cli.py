@@ -14,11 +14,12 @@ OUT as it was.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
 
-from ..errors import Interrupted, exit_code, sigterm_unwinds
+from ..errors import Interrupted, exit_status, sigterm_unwinds
 from ..folders import FolderRefused, FolderWriteError
 from .common import DTYPE_CHOICES, ConversionResult
 from .download import DownloadError
@@ -89,12 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with sigterm_unwinds():  # a killed conversion removes its hidden temporary folder, as Ctrl-C does
             result = _run(args)
-    except KeyboardInterrupt as err:
-        if isinstance(err, Interrupted):
-            print(f"{command}: interrupted by SIGTERM; {unchanged}", file=sys.stderr)
-            return exit_code(err.signum)
-        print(f"{command}: interrupted; {unchanged}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM raised as Interrupted
+        by = f" by {signal.Signals(err.signum).name}" if isinstance(err, Interrupted) else ""
+        print(f"{command}: interrupted{by}; {unchanged}", file=sys.stderr)
+        return exit_status(err)  # 130 / 143
     except (FolderRefused, FlagError) as err:
         print(f"{command}: error: {err}", file=sys.stderr)
         return 2
