@@ -34,8 +34,8 @@ BENCHMARKS = {
     "bench_convert": ([], [r"wall time : [\d.]+ s", r"peak RSS  : \d+ MiB = [\d.]+x the checkpoint"]),
     "bench_compile": (
         ["--rounds", "1"],
-        [rf"training step, compiled / eager speed: {RATIO}", rf"static-cache greedy decoding, compiled / eager speed: "
-                                                              rf"{RATIO}"],
+        [rf"training step, compiled / eager speed: {RATIO}",
+         rf"static-cache greedy decoding, compiled / eager speed: {RATIO}"],
     ),
 }
 
