@@ -77,6 +77,15 @@ def _run(args: argparse.Namespace) -> ConversionResult:
     return export.to_hf(args.src, args.out, **common)
 
 
+def _folder_identity(path: Path) -> tuple[int, int] | None:
+    # The swap renames a new folder onto OUT, so OUT's inode says whether it happened.
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `gptlite-convert`; returns the exit status (0 ok, 1 failed, 2 usage, 130/143 interrupted)."""
     args = _parser().parse_args(argv)  # exits 2 on a bad flag
@@ -86,13 +95,16 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     # Every failure happens before the new folder is swapped in, so whatever was at OUT is still there.
     unchanged = f"{out} was left as it was" if out.exists() else f"{out} was not created"
+    before = _folder_identity(out)
     start = time.perf_counter()
     try:
         with sigterm_unwinds():  # a killed conversion removes its hidden temporary folder, as Ctrl-C does
             result = _run(args)
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM raised as Interrupted
         by = f" by {signal.Signals(err.signum).name}" if isinstance(err, Interrupted) else ""
-        print(f"{command}: interrupted{by}; {unchanged}", file=sys.stderr)
+        # A signal can land after the swap, while the command finishes: then OUT is the new folder, whole.
+        state = unchanged if _folder_identity(out) == before else f"{out} had already been written whole"
+        print(f"{command}: interrupted{by}; {state}", file=sys.stderr)
         return exit_status(err)  # 130 / 143
     except (FolderRefused, FlagError) as err:
         print(f"{command}: error: {err}", file=sys.stderr)

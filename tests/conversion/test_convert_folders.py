@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conversion_helpers import OPENAI_TINY, assert_intact, snapshot, tiny_gpt2, tree_hashes
+from conversion_helpers import OPENAI_TINY, assert_intact, folder_logits, snapshot, tiny_gpt2, tree_hashes
 
 from gptlite import GPTLiteConfig, GPTLiteForCausalLM
 from gptlite.conversion import common, from_hf, storage, to_hf
@@ -124,6 +124,26 @@ def test_ctrl_c_while_writing_keeps_the_previous_output(command, sources, tmp_pa
     assert status == 130
     assert line == f"gptlite-convert {command}: interrupted; {out} was left as it was"
     assert_intact(out, before)
+
+
+def test_ctrl_c_after_the_swap_says_the_new_output_is_whole(sources, tmp_path, monkeypatch, capsys):
+    """A signal that lands once the new folder is in place must not claim OUT was left as it was."""
+    from gptlite.conversion import cli
+
+    out, before = previous_output(sources, "lite", tmp_path)
+    finished = cli._run
+
+    def interrupted_while_finishing(args):
+        finished(args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_run", interrupted_while_finishing)
+    status, line = run(["from-hf", str(sources["hf"]), str(out)], capsys)
+    assert status == 130
+    assert line == f"gptlite-convert from-hf: interrupted; {out} had already been written whole"
+    assert tree_hashes(out) != before[0]  # the new conversion, not the previous output
+    assert torch.allclose(folder_logits(out), folder_logits(sources["hf"]), atol=1e-5)  # and it is the source's model
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")] == []
 
 
 @pytest.mark.parametrize("command", COMMANDS)
