@@ -22,7 +22,8 @@ import torch
 
 from benchmarks.common import Measurement, gpt_pair, peak_memory, ratio_text, rotated
 from gptlite.conversion.common import gpt2_tensors_to_gptlite
-from gptlite.decode_linear import packed_weight_bytes
+from gptlite.speedups import speed_up
+from gptlite.speedups.decoding import packed_weight_bytes
 from gptlite.training.runtime import keep_freed_memory
 from gptlite.training.throughput import cpu_has_native_bf16
 
@@ -97,7 +98,7 @@ def matched_pair(context_length: int = 1024, **shape):
     theirs_sd = theirs.state_dict()
     converted = dict(gpt2_tensors_to_gptlite(ours.config, lambda name: theirs_sd[name]))
     ours.load_state_dict(converted, strict=False)
-    return ours, theirs
+    return speed_up(ours), theirs  # as gptlite-generate decodes
 
 
 def main() -> None:

@@ -123,13 +123,13 @@ def step_seconds_124m(context: int = 256, batch: int = 8) -> float:
     """One gptlite 124M training step (bf16 autocast where native, else fp32), after one warm-up step."""
     import torch
 
-    from benchmarks.bench_train import make_step
+    from benchmarks.bench_train import as_trained, make_step
     from benchmarks.common import gpt124m_pair
     from gptlite.training.throughput import cpu_has_native_bf16
 
     ours, _ = gpt124m_pair(context)
-    ours.train()
-    step = make_step(ours, "bf16" if cpu_has_native_bf16() else "fp32", fused_loss=True)
+    ours = as_trained(ours)
+    step = make_step(ours, "bf16" if cpu_has_native_bf16() else "fp32")
     ids = torch.randint(0, 50257, (batch, context))
     step(ids)
     begin = time.perf_counter()

@@ -37,18 +37,16 @@ def matmul_peak_flops(dtype: torch.dtype) -> float:
     return measure_matmul_peak("cpu", dtype, PEAK_SHAPES, repeats=10, warmup=3)
 
 
-def make_step(model, precision: str, fused_loss: bool):
+def make_step(model, precision: str):
     # Both sides get torch's fused AdamW (transformers' Trainer also defaults to it): the model is what differs.
+    # (A gptlite model sped up for training computes this loss without logits: gptlite.speedups.)
     optimizer = torch.optim.AdamW(model.parameters(), lr=4e-4, weight_decay=0.1, fused=True)
     autocast = precision == "bf16"
     device_type = next(model.parameters()).device.type
 
     def step(ids: torch.Tensor) -> float:
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
-            if fused_loss:
-                loss = model(ids, labels=ids, return_logits=False).loss
-            else:
-                loss = model(ids, labels=ids).loss
+            loss = model(ids, labels=ids).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -65,13 +63,13 @@ def timed(step: Callable[[torch.Tensor], float], ids: torch.Tensor) -> float:
 
 
 def measure_interleaved(
-    sides: dict[str, tuple[torch.nn.Module, str, bool]], batches: list[torch.Tensor], warmup: int
+    sides: dict[str, tuple[torch.nn.Module, str]], batches: list[torch.Tensor], warmup: int
 ) -> tuple[list[Measurement], dict[str, list[float]]]:
     """One step of every side per round, in turn (the order rotates), on the same batches; then memory."""
     steps = {}
-    for name, (model, precision, fused_loss) in sides.items():
+    for name, (model, precision) in sides.items():
         model.train()
-        steps[name] = make_step(model, precision, fused_loss)
+        steps[name] = make_step(model, precision)
         for ids in batches[:warmup]:
             steps[name](ids)
     names = list(steps)
@@ -173,7 +171,7 @@ def end_to_end(
 
 
 def as_trained(model):
-    """A fresh gptlite of `model`'s shape as gptlite-train builds it: fast dropout, its attention, the fused GELU."""
+    """A fresh gptlite of `model`'s shape as gptlite-train builds it, sped up for training (gptlite.speedups)."""
     from gptlite.training.config import TrainConfig
     from gptlite.training.runtime import build_model
 
@@ -227,7 +225,7 @@ def main() -> None:
             for _ in range(args.warmup + args.rounds)
         ]
         sides = {
-            f"{side} {precision} b{batch_size}": (model, precision, side == "gptlite")
+            f"{side} {precision} b{batch_size}": (model, precision)
             for side, model in ((THEIRS, theirs), ("gptlite", ours))
             for precision in precisions
         }
@@ -242,14 +240,13 @@ def main() -> None:
               f"{ratio_text(seconds[best['gptlite'].name], seconds[best[THEIRS].name])} "
               f"({best['gptlite'].name} vs {best[THEIRS].name})", flush=True)
         if args.matmul_bound:
-            _, our_precision, _ = sides[best["gptlite"].name]
-            _, their_precision, _ = sides[best[THEIRS].name]
-            print_matmul_bound(make_step(ours, our_precision, fused_loss=True),
-                               make_step(theirs, their_precision, fused_loss=False), batches, args.rounds)
+            _, our_precision = sides[best["gptlite"].name]
+            _, their_precision = sides[best[THEIRS].name]
+            print_matmul_bound(make_step(ours, our_precision), make_step(theirs, their_precision), batches, args.rounds)
         if not args.no_end_to_end:
             # transformers' best setting again, its steps alternating with gptlite-train's.
-            _, precision, _ = sides[best[THEIRS].name]
-            their_step = make_step(theirs, precision, fused_loss=False)
+            _, precision = sides[best[THEIRS].name]
+            their_step = make_step(theirs, precision)
             e2e, ours_s, theirs_s = end_to_end(precisions[-1], batches, args.rounds, their_step)
             mfu(e2e)
             print(f"batch {batch_size}: gptlite-train {precisions[-1]} / {best[THEIRS].name}, alternating steps = "

@@ -34,6 +34,7 @@ import torch
 
 from benchmarks import bench_generate, bench_train
 from benchmarks.common import gpt_pair, ratio_text
+from gptlite.speedups import speed_up
 from gptlite.training.throughput import device_peak_flops, model_flops_per_token
 
 THEIRS = "transformers GPT2LMHeadModel"
@@ -83,15 +84,15 @@ def measure_training(sizes: Sizes, device: torch.device) -> None:
     section(f"training: bf16 autocast, context {sizes.context_length}, batch {sizes.batch_size}, "
             f"{sizes.rounds} alternating rounds")
     ours, theirs = gpt_pair(sizes.context_length, drop_rate=0.0, **sizes.shape)
-    ours.to(device)
+    ours = speed_up(ours.to(device), training=True)  # as gptlite-train trains: the fused loss
     theirs.to(device)
     compiled = {name: torch.compile(model, backend=sizes.compile_backend) for name, model in
                 (("gptlite", ours), (THEIRS, theirs))}
     sides = {
-        f"{THEIRS} eager": (theirs, "bf16", False),
-        f"{THEIRS} torch.compile": (compiled[THEIRS], "bf16", False),
-        "gptlite eager": (ours, "bf16", True),
-        "gptlite torch.compile": (compiled["gptlite"], "bf16", True),
+        f"{THEIRS} eager": (theirs, "bf16"),
+        f"{THEIRS} torch.compile": (compiled[THEIRS], "bf16"),
+        "gptlite eager": (ours, "bf16"),
+        "gptlite torch.compile": (compiled["gptlite"], "bf16"),
     }
     vocab = ours.config.vocab_size
     batches = [torch.randint(0, vocab, (sizes.batch_size, sizes.context_length), device=device)
@@ -108,7 +109,7 @@ def measure_training(sizes: Sizes, device: torch.device) -> None:
           f" ({best['gptlite'].name} vs {best[THEIRS].name})", flush=True)
 
     # gptlite-train itself, alternating with transformers' best setting.
-    their_step = bench_train.make_step(sides[best[THEIRS].name][0], "bf16", fused_loss=False)
+    their_step = bench_train.make_step(sides[best[THEIRS].name][0], "bf16")
     variants = {"eager": {}, "--compile": {"compile": True}}
     for label, overrides in variants.items():
         e2e, ours_s, theirs_s = bench_train.end_to_end("bf16", batches, sizes.rounds, their_step,

@@ -1,19 +1,36 @@
 """gptlite: the GPT of "Build a Large Language Model (From Scratch)" as a Hugging Face model."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
 
 from .configuration_gptlite import GPTLiteConfig
-from .modeling_gptlite import GPTLiteForCausalLM, GPTLiteModel, GPTLitePreTrainedModel
+from .modeling_gptlite import (
+    GPTLiteForCausalLM,
+    GPTLiteForSequenceClassification,
+    GPTLiteForTokenClassification,
+    GPTLiteModel,
+    GPTLitePreTrainedModel,
+)
 
+_AUTO_CLASSES = {
+    AutoModel: GPTLiteModel,
+    AutoModelForCausalLM: GPTLiteForCausalLM,
+    AutoModelForSequenceClassification: GPTLiteForSequenceClassification,
+    AutoModelForTokenClassification: GPTLiteForTokenClassification,
+}
 # `import gptlite` makes the Auto classes resolve model_type "gptlite" locally, so from_pretrained works
-# without trust_remote_code.
+# without trust_remote_code; save_pretrained then copies the model's code and writes `auto_map`, so that
+# others load the folder with trust_remote_code.
 AutoConfig.register("gptlite", GPTLiteConfig, exist_ok=True)
-AutoModel.register(GPTLiteConfig, GPTLiteModel, exist_ok=True)
-AutoModelForCausalLM.register(GPTLiteConfig, GPTLiteForCausalLM, exist_ok=True)
-# save_pretrained then copies the model files and writes `auto_map`, so others load with trust_remote_code.
 GPTLiteConfig.register_for_auto_class()
-GPTLiteModel.register_for_auto_class("AutoModel")
-GPTLiteForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+for _auto, _model in _AUTO_CLASSES.items():
+    _auto.register(GPTLiteConfig, _model, exist_ok=True)
+    _model.register_for_auto_class(_auto.__name__)
 
 # Safetensors-only loading that names a broken weights file (the installed package's, not the remote code's).
 from . import safetensors_loading  # noqa: E402, F401
@@ -34,6 +51,8 @@ def __getattr__(name: str):
 __all__ = [
     "GPTLiteConfig",
     "GPTLiteForCausalLM",
+    "GPTLiteForSequenceClassification",
+    "GPTLiteForTokenClassification",
     "GPTLiteModel",
     "GPTLitePreTrainedModel",
     "get_hf_tokenizer",

@@ -31,7 +31,7 @@ _PRESET_ALIASES = {
 _INITIALIZERS = ("gpt2", "book")
 _POSITIVE_INTS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers")
 _NUMBERS = ("drop_rate", "layer_norm_eps", "initializer_range")
-_BOOLS = ("qkv_bias", "fast_dropout", "use_cache", "tie_word_embeddings")
+_BOOLS = ("qkv_bias", "use_cache", "tie_word_embeddings")
 _TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
 
@@ -91,11 +91,6 @@ class GPTLiteConfig(PretrainedConfig):
         initializer_range: Standard deviation of GPT-2's normal initialisation.
         initializer: `"gpt2"` (normal init, residual projections scaled by 1/sqrt(2·n_layers)) or
             `"book"` (PyTorch's default init, exactly as the book's `GPTModel` draws it).
-        fast_dropout: On CPU, draw dropout masks from 15-bit random numbers (four per 64-bit draw, or for large
-            masks a compiled counter-based generator), 4-6x faster than torch's `F.dropout`; the probability is
-            rounded to a multiple of 2^-15. False uses
-            `F.dropout`, whose random draws the book's code makes (book-exact training needs them). Off by default,
-            so a published model drops out as torch does; gptlite's training settings turn it on.
         tie_word_embeddings: Share the output head with the token embedding (GPT-2 does, the book does not).
         use_cache: Whether `forward` returns a key/value cache by default.
     """
@@ -122,7 +117,6 @@ class GPTLiteConfig(PretrainedConfig):
         layer_norm_eps: float = 1e-5,
         initializer_range: float = 0.02,
         initializer: str = "gpt2",
-        fast_dropout: bool = False,
         use_cache: bool = True,
         tie_word_embeddings: bool = False,
         bos_token_id: int | None = 50256,
@@ -130,6 +124,8 @@ class GPTLiteConfig(PretrainedConfig):
         pad_token_id: int | None = None,
         **kwargs,
     ):
+        # A training speed setting that configs saved by older gptlite carry: it never belonged to the model.
+        kwargs.pop("fast_dropout", None)
         self.vocab_size = vocab_size
         self.context_length = context_length
         self.emb_dim = emb_dim
@@ -140,7 +136,6 @@ class GPTLiteConfig(PretrainedConfig):
         self.layer_norm_eps = layer_norm_eps
         self.initializer_range = initializer_range
         self.initializer = initializer
-        self.fast_dropout = fast_dropout
         self.use_cache = use_cache
         _check_types(
             {"tie_word_embeddings": tie_word_embeddings, "bos_token_id": bos_token_id,

@@ -14,6 +14,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, TextStreamer
 
 from .errors import UsageError, fail, one_line
 from .modeling_gptlite import GPTLiteForCausalLM
+from .speedups import speed_up
 from .tokenization import get_hf_tokenizer
 
 PROG = "gptlite-generate"
@@ -132,7 +133,7 @@ def _run(args: argparse.Namespace) -> None:
 
     model = load_model(args.model, dtype=getattr(torch, args.dtype))
     try:
-        model = model.to(args.device)
+        model = speed_up(model.to(args.device))
     except (RuntimeError, AssertionError) as err:  # no such device on this machine (e.g. cuda without a GPU)
         raise UsageError(f"--device {args.device}: {one_line(err)}") from None
     tokenizer = load_tokenizer(args.model)

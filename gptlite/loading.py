@@ -196,7 +196,7 @@ def load_model(
     Args:
         source: a gptlite folder, a plain GPT-2 folder (converted in memory), or a Hub id of either.
         dtype: dtype of the weights.
-        overrides: config fields to change that do not change shapes (``drop_rate``, ``fast_dropout``).
+        overrides: config fields to change that do not change shapes (``drop_rate``).
         attn_implementation: ``"sdpa"`` or ``"eager"`` (default: the model's).
         cache_dir: Hugging Face cache for Hub downloads.
         notice: called with the one line saying that a GPT-2 folder was converted (None: print it on stderr).

@@ -7,10 +7,12 @@ Inside them, module and parameter names are the book's (`tok_emb`, `trf_blocks.{
 existed) loads 1:1 into `GPTLiteForCausalLM`: its trunk keys are moved under `model.` on load. The maths is the
 book's and GPT-2's: learned positions, pre-LayerNorm blocks, tanh-approximated GELU, eps 1e-5.
 
-This file travels to the Hub as remote code: it imports only torch, transformers and its siblings
-(`configuration_gptlite`, `compat` for what differs between transformers versions, `fast_cpu` for the CPU fast
-paths, `cpu_kernels` for the compiled elementwise kernels of CPU training, `decode_linear` for the fastest CPU
-kernels in bf16 decoding).
+On the same trunk sit the book's chapter-6 classifier (`GPTLiteForSequenceClassification`: a new head on the last
+token's hidden state) and a per-token classifier (`GPTLiteForTokenClassification`).
+
+This file travels to the Hub as remote code with `configuration_gptlite.py` and `compat.py` (what differs between
+transformers versions), and imports nothing else but torch and transformers: the model is the book's and nothing
+more. gptlite's CPU speed-ups are applied to a loaded model from outside (`gptlite.speedups`) and never travel.
 """
 
 from __future__ import annotations
@@ -24,7 +26,12 @@ from torch import nn
 from transformers.cache_utils import Cache
 from transformers.generation import GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    SequenceClassifierOutputWithPast,
+    TokenClassifierOutput,
+)
 from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import can_return_tuple
 
@@ -41,9 +48,6 @@ from .compat import (
     with_cache,
 )
 from .configuration_gptlite import GPTLiteConfig
-from .cpu_kernels import tanh_gelu
-from .decode_linear import Linear
-from .fast_cpu import Dropout, linear_cross_entropy
 
 
 class LayerNorm(nn.Module):
@@ -52,25 +56,19 @@ class LayerNorm(nn.Module):
     def __init__(self, emb_dim: int, eps: float = 1e-5):
         super().__init__()
         self.eps = eps
+        self.normalized_shape = (emb_dim,)  # plain ints: exporters need a constant shape, not x.shape
         self.scale = nn.Parameter(torch.ones(emb_dim))
         self.shift = nn.Parameter(torch.zeros(emb_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Same maths as the book's mean/var formulation, in one fused kernel.
-        return F.layer_norm(x, (x.shape[-1],), self.scale, self.shift, self.eps)
+        return F.layer_norm(x, self.normalized_shape, self.scale, self.shift, self.eps)
 
 
 class GELU(nn.Module):
-    """GPT-2's tanh approximation of GELU, as the book writes it."""
-
-    def __init__(self):
-        super().__init__()
-        # Set by gptlite's training: bf16 training steps on CPU take the compiled kernels of cpu_kernels.
-        self.fused = False
+    """GPT-2's tanh approximation of GELU, as the book writes it (in one kernel)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused and self.training:
-            return tanh_gelu(x)  # ATen's GELU itself wherever the compiled one does not apply
         return F.gelu(x, approximate="tanh")
 
 
@@ -79,9 +77,9 @@ class FeedForward(nn.Module):
         super().__init__()
         # `layers.0` and `layers.2` are the book's (and GPT-2's c_fc / c_proj) parameter names.
         self.layers = nn.Sequential(
-            Linear(config.emb_dim, 4 * config.emb_dim),
+            nn.Linear(config.emb_dim, 4 * config.emb_dim),
             GELU(),
-            Linear(4 * config.emb_dim, config.emb_dim),
+            nn.Linear(4 * config.emb_dim, config.emb_dim),
         )
         self.layers[2].is_residual_projection = True
 
@@ -123,10 +121,10 @@ class MultiHeadAttention(nn.Module):
         self.attention_dropout = config.drop_rate
         self.is_causal = True
         # Construction order matters for the book's initialisation: query, key, value, out_proj.
-        self.W_query = Linear(config.emb_dim, config.emb_dim, bias=config.qkv_bias)
-        self.W_key = Linear(config.emb_dim, config.emb_dim, bias=config.qkv_bias)
-        self.W_value = Linear(config.emb_dim, config.emb_dim, bias=config.qkv_bias)
-        self.out_proj = Linear(config.emb_dim, config.emb_dim)
+        self.W_query = nn.Linear(config.emb_dim, config.emb_dim, bias=config.qkv_bias)
+        self.W_key = nn.Linear(config.emb_dim, config.emb_dim, bias=config.qkv_bias)
+        self.W_value = nn.Linear(config.emb_dim, config.emb_dim, bias=config.qkv_bias)
+        self.out_proj = nn.Linear(config.emb_dim, config.emb_dim)
         # Read by _init_weights. (Transformers skips init hooks on modules without direct parameters in
         # custom code, so the flag must sit on the Linear itself.)
         self.out_proj.is_residual_projection = True
@@ -175,7 +173,7 @@ class TransformerBlock(GradientCheckpointingLayer):
         self.ff = FeedForward(config)
         self.norm1 = LayerNorm(config.emb_dim, config.layer_norm_eps)
         self.norm2 = LayerNorm(config.emb_dim, config.layer_norm_eps)
-        self.drop_shortcut = Dropout(config.drop_rate, config.fast_dropout)
+        self.drop_shortcut = nn.Dropout(config.drop_rate)
 
     def forward(
         self,
@@ -193,6 +191,16 @@ class TransformerBlock(GradientCheckpointingLayer):
 # The trunk's modules; a state dict that has them at the top level (the book's GPTModel, gptlite before
 # GPTLiteModel) is read with `model.` in front.
 _TRUNK = ("tok_emb.", "pos_emb.", "drop_emb.", "trf_blocks.", "final_norm.")
+
+# Every Auto class a saved folder opens with, whichever class saved it (transformers itself writes only the saving
+# class's entry): a causal-LM folder also opens as AutoModel and as the trunk of the classifiers.
+AUTO_MAP = {
+    "AutoConfig": "configuration_gptlite.GPTLiteConfig",
+    "AutoModel": "modeling_gptlite.GPTLiteModel",
+    "AutoModelForCausalLM": "modeling_gptlite.GPTLiteForCausalLM",
+    "AutoModelForSequenceClassification": "modeling_gptlite.GPTLiteForSequenceClassification",
+    "AutoModelForTokenClassification": "modeling_gptlite.GPTLiteForTokenClassification",
+}
 
 
 class GPTLitePreTrainedModel(PreTrainedModel):
@@ -247,6 +255,12 @@ class GPTLitePreTrainedModel(PreTrainedModel):
             init.ones_(module.scale)
             init.zeros_(module.shift)
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`; a folder that carries gptlite's code lists every Auto class in it."""
+        if self._auto_class is not None:  # the code is copied beside the weights
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
 
 class GPTLiteModel(GPTLitePreTrainedModel):
     """The book's `GPTModel` up to its final LayerNorm: the hidden states that heads (out_head, a classifier) read."""
@@ -256,7 +270,7 @@ class GPTLiteModel(GPTLitePreTrainedModel):
         # Construction order is the book's, so that the "book" initializer draws the same numbers.
         self.tok_emb = nn.Embedding(config.vocab_size, config.emb_dim)
         self.pos_emb = nn.Embedding(config.context_length, config.emb_dim)
-        self.drop_emb = Dropout(config.drop_rate, config.fast_dropout)
+        self.drop_emb = nn.Dropout(config.drop_rate)
         self.trf_blocks = nn.ModuleList(TransformerBlock(config, i) for i in range(config.n_layers))
         self.final_norm = LayerNorm(config.emb_dim, config.layer_norm_eps)
         self.gradient_checkpointing = False
@@ -269,27 +283,35 @@ class GPTLiteModel(GPTLitePreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.tok_emb = value
 
-    def _check_inputs(self, input_ids: torch.Tensor | None, seq_len: int, past_len: int | torch.Tensor) -> None:
-        # A static cache's length is a tensor: read on CPU only, where that is free and no graph is being traced.
-        if isinstance(past_len, torch.Tensor) and past_len.device.type == "cpu" and not torch.compiler.is_compiling():
-            past_len = int(past_len)
-        if isinstance(past_len, int) and past_len + seq_len > self.config.context_length:
-            raise ValueError(
-                f"sequence of {past_len + seq_len} tokens ({past_len} cached + {seq_len} new) exceeds "
-                f"the model's context_length of {self.config.context_length}"
+    def _check_inputs(
+        self, input_ids: torch.Tensor | None, position_ids: torch.Tensor | None, seq_len: int, past_len
+    ) -> None:
+        # Reading a tensor is free on CPU only: on an accelerator it would wait for the device at every step, and
+        # under torch.compile or an exporter's trace it would break the graph. (There, the embedding lookups
+        # themselves reject a bad id or position.)
+        def readable(tensor) -> bool:
+            return (
+                isinstance(tensor, torch.Tensor) and tensor.device.type == "cpu" and tensor.numel() > 0
+                and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
             )
-        # Reading the ids is free on CPU only: on an accelerator it would wait for the device at every step, and
-        # under torch.compile it would break the graph. (There, the embedding lookup itself rejects a bad id.)
-        if input_ids is None or input_ids.device.type != "cpu" or input_ids.numel() == 0:
-            return
-        if torch.compiler.is_compiling():
-            return
-        low, high = (int(bound) for bound in torch.aminmax(input_ids))
-        if low < 0 or high >= self.config.vocab_size:
-            bad = high if high >= self.config.vocab_size else low
-            raise ValueError(
-                f"token id {bad} is outside the vocabulary: ids must be in [0, vocab_size={self.config.vocab_size})"
-            )
+
+        context = self.config.context_length
+        if position_ids is not None:
+            if readable(position_ids):
+                low, high = (int(bound) for bound in torch.aminmax(position_ids))
+                if low < 0 or high >= context:
+                    raise ValueError(f"position_ids hold position {high if high >= context else low}: positions "
+                                     f"must be in [0, context_length={context})")
+        else:
+            past_len = int(past_len) if readable(past_len) else past_len  # a static cache's length is a tensor
+            if isinstance(past_len, int) and past_len + seq_len > context:
+                raise ValueError(f"sequence of {past_len + seq_len} tokens ({past_len} cached + {seq_len} new) "
+                                 f"exceeds the model's context_length of {context}")
+        if readable(input_ids):
+            low, high = (int(bound) for bound in torch.aminmax(input_ids))
+            if low < 0 or high >= self.config.vocab_size:
+                raise ValueError(f"token id {high if high >= self.config.vocab_size else low} is outside the "
+                                 f"vocabulary: ids must be in [0, vocab_size={self.config.vocab_size})")
 
     @capture_outputs
     @accepts_past_key_values
@@ -314,17 +336,19 @@ class GPTLiteModel(GPTLitePreTrainedModel):
 
         seq_len = (input_ids if input_ids is not None else inputs_embeds).shape[1]
         past_len = cache.get_seq_length() if cache is not None else 0
-        self._check_inputs(input_ids, seq_len, past_len)
+        self._check_inputs(input_ids, position_ids, seq_len, past_len)
 
         if inputs_embeds is None:
             inputs_embeds = self.tok_emb(input_ids)  # (b, s, e)
+        given_positions = position_ids
         if position_ids is None:
             position_ids = (torch.arange(seq_len, device=inputs_embeds.device) + past_len).unsqueeze(0)  # (1, s)
         hidden_states = self.drop_emb(inputs_embeds + self.pos_emb(position_ids))  # (b, s, e)
 
-        # One mask for all blocks: None when SDPA's is_causal suffices, else boolean (SDPA) or additive (eager);
-        # from position_ids it also keeps packed sequences apart (padding-free batches).
-        mask = causal_mask(self.config, hidden_states, attention_mask, cache, position_ids)
+        # One mask for all blocks: None when SDPA's is_causal suffices, else boolean (SDPA) or additive (eager).
+        # Positions the caller gave can also keep packed sequences apart (padding-free batches); positions made
+        # here are one run per row, and leaving them out spares exporters transformers' search for packing.
+        mask = causal_mask(self.config, hidden_states, attention_mask, cache, given_positions)
         for block in self.trf_blocks:
             hidden_states = block(hidden_states, mask, cache, position_ids=position_ids, **kwargs)
         hidden_states = self.final_norm(hidden_states)
@@ -339,7 +363,7 @@ class GPTLiteForCausalLM(GPTLitePreTrainedModel, GenerationMixin):
     def __init__(self, config: GPTLiteConfig):
         super().__init__(config)
         self.model = GPTLiteModel(config)
-        self.out_head = Linear(config.emb_dim, config.vocab_size, bias=False)
+        self.out_head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
         self._keep_construction_draws()
         self.post_init()
         if self.generation_config is not None and self.generation_config.pad_token_id is None:
@@ -372,15 +396,12 @@ class GPTLiteForCausalLM(GPTLitePreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         shift_labels: torch.LongTensor | None = None,
-        return_logits: bool = True,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Logits for every position (or the last `logits_to_keep`), and the loss when `labels` are given.
 
         `labels` are the input ids themselves (shifted inside, -100 ignored), as in transformers;
         `shift_labels` are targets already aligned with the inputs (the book's `target_ids`).
-        `return_logits=False` computes the loss chunk by chunk without materialising the vocabulary-sized
-        logits (the fast training path) and returns `logits=None`.
         """
         outputs = self.model(
             input_ids,
@@ -392,19 +413,6 @@ class GPTLiteForCausalLM(GPTLitePreTrainedModel, GenerationMixin):
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state  # (b, s, e)
-        extras = {"hidden_states": outputs.hidden_states, "attentions": outputs.attentions}
-        new_cache = cache_of(outputs)
-
-        if not return_logits:
-            if labels is None and shift_labels is None:
-                raise ValueError("return_logits=False needs labels or shift_labels: there would be nothing to return")
-            if shift_labels is None:
-                shift_labels = F.pad(labels, (0, 1), value=-100)[:, 1:]  # tokens < n predict n
-            loss = linear_cross_entropy(
-                hidden_states, self.out_head.weight, shift_labels, num_items_in_batch=kwargs.get("num_items_in_batch")
-            )
-            return with_cache(CausalLMOutputWithPast, new_cache, loss=loss, **extras)
-
         # Generation needs only the last position's logits: skip the vocabulary projection elsewhere.
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.out_head(hidden_states[:, keep, :])  # (b, kept, vocab)
@@ -414,7 +422,134 @@ class GPTLiteForCausalLM(GPTLitePreTrainedModel, GenerationMixin):
             loss = self.loss_function(
                 logits=logits, labels=labels, shift_labels=shift_labels, vocab_size=self.config.vocab_size, **kwargs
             )
-        return with_cache(CausalLMOutputWithPast, new_cache, loss=loss, logits=logits, **extras)
+        return with_cache(
+            CausalLMOutputWithPast, cache_of(outputs), loss=loss, logits=logits,
+            hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+        )
+
+
+def _last_token_positions(
+    config: GPTLiteConfig, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, batch: int, seq_len: int
+) -> torch.Tensor:
+    """(b,) index of each row's last real token: the last attended position, else the last that is not padding
+    (GPT-2's rule, either padding side), else the last position (the book's chapter 6, which does not pad)."""
+    positions = torch.arange(seq_len, dtype=torch.int64)
+    if attention_mask is not None and attention_mask.dim() == 2:
+        real = attention_mask != 0
+    elif config.pad_token_id is not None and input_ids is not None:
+        real = input_ids != config.pad_token_id
+    else:
+        return torch.full((batch,), seq_len - 1, dtype=torch.int64)
+    return (positions.to(real.device) * real).argmax(-1)  # (b,)
+
+
+class GPTLiteForSequenceClassification(GPTLitePreTrainedModel):
+    """The book's chapter-6 classifier: the trunk, and a new head (`score`) on the last real token's hidden state.
+
+    Loaded from any gptlite causal-LM folder, the trunk takes its weights and the head is initialised;
+    `config.num_labels` sets the classes (2: the book's spam classifier).
+    """
+
+    # A causal-LM folder's head is not this model's.
+    _keys_to_ignore_on_load_unexpected = [r"att\.mask$", r"^out_head\."]
+
+    def __init__(self, config: GPTLiteConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = GPTLiteModel(config)
+        self.score = nn.Linear(config.emb_dim, config.num_labels)  # the book's new out_head, bias included
+        self._keep_construction_draws()
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.tok_emb
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.tok_emb = value
+
+    @can_return_tuple
+    @accepts_past_key_values
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutputWithPast:
+        """Class logits (b, num_labels) from each row's last real token; the loss when `labels` are given."""
+        outputs = self.model(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state  # (b, s, e)
+        batch, seq_len = hidden_states.shape[:2]
+        last = _last_token_positions(self.config, input_ids, attention_mask, batch, seq_len).to(hidden_states.device)
+        rows = torch.arange(batch, device=hidden_states.device)
+        logits = self.score(hidden_states[rows, last])  # (b, num_labels)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, pooled_logits=logits, config=self.config)
+        return with_cache(
+            SequenceClassifierOutputWithPast, cache_of(outputs), loss=loss, logits=logits,
+            hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+        )
+
+
+class GPTLiteForTokenClassification(GPTLitePreTrainedModel):
+    """The trunk with a per-token head (`classifier`), as GPT-2's token classifier: logits (b, s, num_labels)."""
+
+    _keys_to_ignore_on_load_unexpected = [r"att\.mask$", r"^out_head\."]
+
+    def __init__(self, config: GPTLiteConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = GPTLiteModel(config)
+        self.dropout = nn.Dropout(config.drop_rate)
+        self.classifier = nn.Linear(config.emb_dim, config.num_labels)
+        self._keep_construction_draws()
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.tok_emb
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.tok_emb = value
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> TokenClassifierOutput:
+        """Logits for every token (b, s, num_labels); the loss when `labels` (-100 ignored) are given."""
+        outputs = self.model(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            use_cache=False,
+            **kwargs,
+        )
+        logits = self.classifier(self.dropout(outputs.last_hidden_state))  # (b, s, num_labels)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits, labels, self.config)
+        return TokenClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
 
 
 def _trunk_keys_under_model(module, state_dict, prefix, *args) -> None:
@@ -428,4 +563,11 @@ def _trunk_keys_under_model(module, state_dict, prefix, *args) -> None:
             state_dict[f"{prefix}model.{name}"] = tensor
 
 
-__all__ = ["GPTLiteForCausalLM", "GPTLiteModel", "GPTLitePreTrainedModel"]
+__all__ = [
+    "AUTO_MAP",
+    "GPTLiteForCausalLM",
+    "GPTLiteForSequenceClassification",
+    "GPTLiteForTokenClassification",
+    "GPTLiteModel",
+    "GPTLitePreTrainedModel",
+]

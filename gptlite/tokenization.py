@@ -129,7 +129,7 @@ def get_tokenizer() -> tiktoken.Encoding:
 
 
 def _build_hf_tokenizer(
-    data_dir: Path, padding_side: str = "right", model_max_length: int | None = None
+    data_dir: Path, padding_side: str = "left", model_max_length: int | None = None
 ) -> PreTrainedTokenizerFast:
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
@@ -155,7 +155,7 @@ def _build_hf_tokenizer(
 
 
 def get_hf_tokenizer(
-    padding_side: str = "right", model_max_length: int | None = None
+    padding_side: str = "left", model_max_length: int | None = None
 ) -> PreTrainedTokenizerFast:
     """Return a Hugging Face fast GPT-2 tokenizer built offline from the packaged BPE files.
 
@@ -164,7 +164,8 @@ def get_hf_tokenizer(
     instance is returned on each call, so changing its settings does not affect other callers.
 
     Args:
-        padding_side: ``"right"`` (training) or ``"left"`` (batched generation).
+        padding_side: ``"left"`` (the default: a batch of prompts of different lengths generates as each one
+            alone, and the classifiers read each row's last real token) or ``"right"``.
         model_max_length: maximum sequence length recorded in the tokenizer; ``None`` keeps the
             transformers default (effectively unlimited).
 

@@ -5,6 +5,9 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from gptlite import GPTLiteConfig, GPTLiteForCausalLM
 
+# What travels beside a saved gptlite model as remote code: the book's model and nothing else.
+REMOTE_CODE = frozenset({"configuration_gptlite.py", "modeling_gptlite.py", "compat.py"})
+
 TINY = {"vocab_size": 120, "context_length": 40, "emb_dim": 48, "n_heads": 4, "n_layers": 3, "drop_rate": 0.0}
 
 

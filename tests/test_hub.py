@@ -24,19 +24,10 @@ import gptlite
 from gptlite import GPTLiteConfig, GPTLiteForCausalLM
 from gptlite.hub import DEFAULT_LICENSE, DEFAULT_TAGS, model_card, read_training_metrics, write_model_card
 from gptlite.tokenization import get_hf_tokenizer
+from tests.reference_models import REMOTE_CODE
 
 REPO_ID = "someone/tiny-gptlite"
-MODEL_FILES = {
-    "config.json",
-    "generation_config.json",
-    "model.safetensors",
-    "modeling_gptlite.py",
-    "configuration_gptlite.py",
-    "compat.py",
-    "fast_cpu.py",
-    "cpu_kernels.py",
-    "decode_linear.py",
-}
+MODEL_FILES = {"config.json", "generation_config.json", "model.safetensors", *REMOTE_CODE}
 TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json"}
 BOOK_HISTORY = {"train_losses": [9.8, 6.1, 3.2], "val_losses": [9.9, 6.6, 6.2], "tokens_seen": [512, 5632, 10752]}
 
@@ -135,8 +126,7 @@ def test_model_push_to_hub_uploads_weights_code_tokenizer_and_card(hub, tmp_path
     assert commit.oid == "0" * 40
     assert set(hub.files) == MODEL_FILES | TOKENIZER_FILES | {"README.md"}
     package_dir = Path(gptlite.__file__).parent
-    for name in ("modeling_gptlite.py", "configuration_gptlite.py", "compat.py", "fast_cpu.py", "cpu_kernels.py",
-                 "decode_linear.py"):
+    for name in REMOTE_CODE:
         assert hub.files[name] == (package_dir / name).read_bytes()
 
     meta = front_matter(hub.readme())

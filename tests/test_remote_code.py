@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 
 from gptlite import GPTLiteConfig, GPTLiteForCausalLM
 from gptlite.tokenization import get_hf_tokenizer, save_tokenizer
+from tests.reference_models import REMOTE_CODE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "Every effort moves you"
@@ -103,12 +104,12 @@ CHILD = HIDE_GPTLITE + textwrap.dedent(
     assert type(model).__name__ == "GPTLiteForCausalLM"
     assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
     package = type(model).__module__.rsplit(".", 1)[0]
-    for name in ("modeling_gptlite", "configuration_gptlite", "compat", "fast_cpu", "cpu_kernels", "decode_linear"):
+    for name in ("modeling_gptlite", "configuration_gptlite", "compat"):
         sibling = sys.modules[f"{package}.{name}"]
         assert os.path.realpath(sibling.__file__).startswith(os.path.realpath(os.environ["HF_HOME"])), sibling
-    # The fast-dropout attention registered itself with this transformers, by name.
+    # Loading the model registered nothing with this transformers.
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-    assert "gptlite_fast_dropout" in ALL_ATTENTION_FUNCTIONS
+    assert not [name for name in ALL_ATTENTION_FUNCTIONS if "gptlite" in name]
 
     inputs = tokenizer(prompt, return_tensors="pt")
     with torch.no_grad():
@@ -131,8 +132,9 @@ def saved_folder_and_expected_tokens(tmp_path: Path) -> tuple[Path, dict]:
     folder = tmp_path / "model"
     model.save_pretrained(folder)
     save_tokenizer(folder, model_max_length=config.context_length)
-    # modeling_gptlite.py's relative imports travel with it
-    for name in ("compat.py", "fast_cpu.py", "cpu_kernels.py", "decode_linear.py"):
+    # modeling_gptlite.py's relative imports travel with it, and nothing else
+    assert {p.name for p in folder.glob("*.py")} == REMOTE_CODE
+    for name in REMOTE_CODE:
         assert (folder / name).read_bytes() == (REPO_ROOT / "gptlite" / name).read_bytes()
 
     inputs = get_hf_tokenizer()(PROMPT, return_tensors="pt")

@@ -16,21 +16,10 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 import gptlite
 from gptlite import GPTLiteConfig, GPTLiteForCausalLM, GPTLiteModel
+from tests.reference_models import REMOTE_CODE
 
 PACKAGE_DIR = Path(gptlite.__file__).resolve().parent
-HUB_FILES = {
-    "config.json",
-    "generation_config.json",
-    "model.safetensors",
-    "modeling_gptlite.py",
-    "configuration_gptlite.py",
-    "compat.py",  # relative imports of the model file travel with it
-    "fast_cpu.py",
-    "cpu_kernels.py",
-    "decode_linear.py",
-}
-REMOTE_CODE = ("modeling_gptlite.py", "configuration_gptlite.py", "compat.py", "fast_cpu.py", "cpu_kernels.py",
-               "decode_linear.py")
+HUB_FILES = {"config.json", "generation_config.json", "model.safetensors", *REMOTE_CODE}
 
 
 def tiny_config(**overrides) -> GPTLiteConfig:
@@ -75,11 +64,35 @@ def test_save_pretrained_writes_the_remote_code_file_set(saved):
     assert config["architectures"] == ["GPTLiteForCausalLM"]
     assert config["auto_map"] == {
         "AutoConfig": "configuration_gptlite.GPTLiteConfig",
+        "AutoModel": "modeling_gptlite.GPTLiteModel",
         "AutoModelForCausalLM": "modeling_gptlite.GPTLiteForCausalLM",
+        "AutoModelForSequenceClassification": "modeling_gptlite.GPTLiteForSequenceClassification",
+        "AutoModelForTokenClassification": "modeling_gptlite.GPTLiteForTokenClassification",
     }
+    assert "fast_dropout" not in config  # a training setting, not the model's
     # The copies are the package's own files, byte for byte.
     for name in REMOTE_CODE:
         assert (folder / name).read_bytes() == (PACKAGE_DIR / name).read_bytes()
+
+
+def test_the_remote_code_imports_only_torch_transformers_and_itself_and_touches_nothing_process_wide(saved):
+    import ast
+
+    _, folder = saved
+    allowed = ("torch", "transformers", "__future__", "math", "os", "re", "functools", "inspect", "collections")
+    for name in REMOTE_CODE:
+        source = (folder / name).read_text()
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Import):
+                roots = [alias.name.split(".")[0] for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                roots = [] if node.level else [node.module.split(".")[0]]
+            else:
+                continue
+            assert all(root in allowed for root in roots), (name, roots)
+        # No private torch switches or kernels, and nothing registered with transformers at import.
+        for forbidden in ("torch._C", "torch.ops", "torch.backends", ".register(", "register_for_auto_class"):
+            assert forbidden not in source, (name, forbidden)
 
     generation = json.loads((folder / "generation_config.json").read_text())
     assert generation["eos_token_id"] == 50256

@@ -192,8 +192,8 @@ def test_hf_batched_padding(enc: tiktoken.Encoding, side: str) -> None:
 
 def test_hf_instances_are_independent() -> None:
     a = get_hf_tokenizer()
-    a.padding_side = "left"
-    assert get_hf_tokenizer().padding_side == "right"
+    a.padding_side = "right"
+    assert get_hf_tokenizer().padding_side == "left"
 
 
 def test_invalid_padding_side() -> None:

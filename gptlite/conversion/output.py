@@ -32,6 +32,7 @@ MODEL_FILES = frozenset({
     "added_tokens.json",
 })
 _REMOTE_CODE = {
+    # The model's code, and the CPU speed-up files that gptlite copied beside it before they left the model.
     "gptlite": frozenset(
         {"configuration_gptlite.py", "modeling_gptlite.py", "compat.py", "fast_cpu.py", "cpu_kernels.py",
          "decode_linear.py"}

@@ -218,7 +218,6 @@ class TrainConfig:
             "context_length": self.context_length,
             "drop_rate": self.drop_rate,
             "initializer": self.initializer,
-            "fast_dropout": self.fast_dropout,
         }
         if self.preset is not None:
             return GPTLiteConfig.from_preset(self.preset, **common)

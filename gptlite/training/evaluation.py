@@ -26,11 +26,9 @@ def token_loss_sum(model, input_ids: torch.Tensor, target_ids: torch.Tensor) -> 
     ``target_ids`` are the inputs shifted by one, as the windows yield them, so no shift happens here
     (unlike ``labels=`` of the model's forward, which shifts inside).
     """
-    # No KV cache: training never reuses it. return_logits=False computes the loss chunk by chunk without
-    # materialising (b, t, vocab) logits; num_items_in_batch=1 makes it the sum rather than the mean.
-    loss_sum = model(
-        input_ids=input_ids, shift_labels=target_ids, return_logits=False, num_items_in_batch=1, use_cache=False
-    ).loss
+    # No KV cache: training never reuses it. num_items_in_batch=1 makes the loss the sum rather than the mean.
+    # (A model sped up for training computes it from the hidden states, without (b, t, vocab) logits.)
+    loss_sum = model(input_ids=input_ids, shift_labels=target_ids, num_items_in_batch=1, use_cache=False).loss
     return loss_sum, (target_ids != -100).sum()
 
 
@@ -125,6 +123,7 @@ def evaluate_model(
         ``{"loss", "perplexity", "tokens", "batches"}``.
     """
     from gptlite.loading import load_model
+    from gptlite.speedups import speed_up
     from gptlite.training.data import DataConfig, build_datasets
     from gptlite.training.runtime import make_accelerator
 
@@ -136,7 +135,7 @@ def evaluate_model(
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     accelerator = make_accelerator(mixed_precision=mixed_precision)
     quiet = None if accelerator.is_main_process else (lambda message: None)  # one notice, not one per process
-    lm = load_model(model, dtype=torch.float32, notice=quiet).to(accelerator.device).eval()
+    lm = speed_up(load_model(model, dtype=torch.float32, notice=quiet).to(accelerator.device).eval())
     length = context_length or lm.config.context_length
     if length > lm.config.context_length:
         raise ValueError(f"--context-length {length} exceeds the model's context_length {lm.config.context_length}")

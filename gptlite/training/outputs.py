@@ -37,12 +37,7 @@ def write_model_folder(folder: Path, model, config: TrainConfig, history: Histor
     from gptlite.training.data import train_source
     from gptlite.training.plots import plot_losses, plot_lr
 
-    # fast_dropout is a training-speed choice of this run: the published config keeps torch's dropout.
-    fast_dropout, model.config.fast_dropout = model.config.fast_dropout, False
-    try:
-        model.save_pretrained(folder)  # config.json, model.safetensors, generation_config.json, the model's code
-    finally:
-        model.config.fast_dropout = fast_dropout
+    model.save_pretrained(folder)  # config.json, model.safetensors, generation_config.json, the model's code
     save_tokenizer(folder, model_max_length=model.config.context_length)
     history.save(folder / "history.json", dataset=train_source(config.data_config()).describe())
     settings = {k: v for k, v in config.to_dict().items() if k != "overwrite"}  # a --config of it must not replace

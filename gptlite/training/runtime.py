@@ -98,45 +98,33 @@ def seed_everything(seed: int) -> None:
 
 
 def build_model(config: TrainConfig, notice: Callable[[str], None] | None = None):
-    """A fresh model with ``config``'s architecture, or the ``--init-from`` model with its dropout and attention.
+    """A fresh model with ``config``'s architecture, or the ``--init-from`` model with its dropout and attention,
+    sped up for training (:func:`gptlite.speedups.speed_up`: fast dropout, compiled GELU, fused loss).
 
     ``notice`` receives the one line saying that a plain GPT-2 ``--init-from`` was converted (None: stderr).
     """
-    from gptlite.fast_cpu import FAST_DROPOUT_ATTENTION
     from gptlite.modeling_gptlite import GPTLiteForCausalLM
+    from gptlite.speedups import speed_up
 
-    # With fast dropout, SDPA's CPU training steps take the fast-mask attention (SDPA everywhere else).
-    use_fast = config.fast_dropout and config.attn_implementation == "sdpa"
-    attn_implementation = FAST_DROPOUT_ATTENTION if use_fast else config.attn_implementation
     if config.init_from is None:
         model = GPTLiteForCausalLM(config.model_config())
-        model.set_attn_implementation(attn_implementation)
-        return _with_fused_gelu(model, config.fused_gelu)
-    from gptlite.loading import load_model
+        model.set_attn_implementation(config.attn_implementation)
+    else:
+        from gptlite.loading import load_model
 
-    model = load_model(
-        config.init_from,
-        dtype=torch.float32,
-        overrides={"drop_rate": config.drop_rate, "fast_dropout": config.fast_dropout},
-        attn_implementation=attn_implementation,
-        notice=notice,
-    )
-    if config.context_length > model.config.context_length:
-        raise ValueError(
-            f"--context-length {config.context_length} exceeds the context_length "
-            f"{model.config.context_length} of --init-from {config.init_from}"
+        model = load_model(
+            config.init_from,
+            dtype=torch.float32,
+            overrides={"drop_rate": config.drop_rate},
+            attn_implementation=config.attn_implementation,
+            notice=notice,
         )
-    return _with_fused_gelu(model, config.fused_gelu).train()
-
-
-def _with_fused_gelu(model, fused: bool):
-    """The model, its GELUs taking cpu_kernels' compiled GELU in bf16 CPU training if `fused`."""
-    from gptlite.modeling_gptlite import GELU
-
-    for module in model.modules():
-        if isinstance(module, GELU):
-            module.fused = fused
-    return model
+        if config.context_length > model.config.context_length:
+            raise ValueError(
+                f"--context-length {config.context_length} exceeds the context_length "
+                f"{model.config.context_length} of --init-from {config.init_from}"
+            )
+    return speed_up(model.train(), training=True, fast_dropout=config.fast_dropout, fused_gelu=config.fused_gelu)
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:

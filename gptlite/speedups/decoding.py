@@ -1,4 +1,4 @@
-"""`Linear`: `nn.Linear` with the fastest CPU kernel for decoding, where a few rows meet every weight matrix.
+"""`DecodingLinear`: `nn.Linear` with the fastest CPU kernel for decoding, where a few rows meet every weight matrix.
 
 Decoding one token multiplies a handful of rows by every weight, so its speed is how fast the kernels stream
 the weights. In bf16, torch's default route (oneDNN's AMX matmul) does that poorly for so few rows. Measured over
@@ -16,9 +16,9 @@ torch.compile (inductor chooses its own kernels). The packed copy costs the weig
 is made only for decoding steps of 2..`MAX_PACKED_ROWS` sequences (inputs of shape (b, 1, in)), dropped by
 `train()`, and redone when the weight changes (an optimizer step, `load_state_dict`, `.to()`). Results are bf16
 products like `F.linear`'s, fp32-accumulated: the packed route gives the same bits, the one-row route may differ
-in the last bit (`tests/test_decode_linear.py`).
+in the last bit (`tests/speedups/test_decoding.py`).
 
-This file travels to the Hub with the model (a relative import of `modeling_gptlite.py`): it imports only torch.
+On a loaded model, `speed_up` puts a `DecodingLinear` in place of every `nn.Linear`, sharing its parameters.
 """
 
 from __future__ import annotations
@@ -93,8 +93,16 @@ def _packed_weight(module: nn.Module) -> torch.Tensor | None:
     return packed
 
 
-class Linear(nn.Linear):
+class DecodingLinear(nn.Linear):
     """`nn.Linear`, with bf16 decoding on a CPU through the kernels measured fastest (see the module's docs)."""
+
+    @classmethod
+    def sharing(cls, linear: nn.Linear) -> DecodingLinear:
+        """A DecodingLinear holding `linear`'s own parameters (ties and optimizer references stay intact)."""
+        module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+        module.weight, module.bias = linear.weight, linear.bias
+        module.train(linear.training)
+        return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _bf16_inference(self, x):
@@ -109,7 +117,7 @@ class Linear(nn.Linear):
                     return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
 
-    def train(self, mode: bool = True) -> Linear:
+    def train(self, mode: bool = True) -> DecodingLinear:
         if mode:
             _PACKED.pop(self, None)  # training changes the weight at every step: the copy would only cost memory
         return super().train(mode)
@@ -120,4 +128,4 @@ def packed_weight_bytes() -> int:
     return sum(packed.numel() * packed.element_size() for _, packed in list(_PACKED.values()))
 
 
-__all__ = ["MAX_PACKED_ROWS", "Linear", "packed_weight_bytes"]
+__all__ = ["MAX_PACKED_ROWS", "DecodingLinear", "packed_weight_bytes"]

@@ -1,4 +1,4 @@
-"""gptlite.decode_linear: bf16 decoding on CPU through faster kernels; the same products, only where it pays."""
+"""gptlite.speedups.decoding: bf16 decoding on CPU through faster kernels; the same products, only where it pays."""
 
 from __future__ import annotations
 
@@ -10,18 +10,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gptlite import GPTLiteConfig, GPTLiteForCausalLM, decode_linear
-from gptlite.decode_linear import _PACKED, Linear
+from gptlite import GPTLiteConfig, GPTLiteForCausalLM
+from gptlite.speedups import decoding as decode_linear
+from gptlite.speedups import speed_up
+from gptlite.speedups.decoding import _PACKED, DecodingLinear
 
 pytestmark = pytest.mark.skipif(not decode_linear._ONEDNN_BF16, reason="this CPU has no oneDNN bf16")
 
 
-def linear(in_features: int = 96, out_features: int = 160, bias: bool = True) -> Linear:
+def linear(in_features: int = 96, out_features: int = 160, bias: bool = True) -> DecodingLinear:
     torch.manual_seed(0)
-    return Linear(in_features, out_features, bias=bias).to(torch.bfloat16).eval()
+    return DecodingLinear(in_features, out_features, bias=bias).to(torch.bfloat16).eval()
 
 
-def fp32_reference(layer: Linear, x: torch.Tensor) -> torch.Tensor:
+def fp32_reference(layer: DecodingLinear, x: torch.Tensor) -> torch.Tensor:
     bias = None if layer.bias is None else layer.bias.float()
     return F.linear(x.float(), layer.weight.float(), bias)
 
@@ -96,7 +98,7 @@ def test_the_plain_product_wherever_the_fast_routes_do_not_pay_or_apply():
 
 def test_a_model_that_packed_still_copies_pickles_and_saves(tmp_path):
     config = GPTLiteConfig(vocab_size=64, context_length=16, emb_dim=32, n_heads=4, n_layers=2)
-    model = GPTLiteForCausalLM(config).to(torch.bfloat16).eval()
+    model = speed_up(GPTLiteForCausalLM(config).to(torch.bfloat16).eval())
     prompts = torch.tensor([[1, 2, 3], [4, 5, 6]])
     with torch.no_grad():
         tokens = model.generate(prompts, max_new_tokens=5, do_sample=False)
@@ -112,7 +114,7 @@ def test_a_model_that_packed_still_copies_pickles_and_saves(tmp_path):
 def test_decoding_logits_match_the_plain_model(monkeypatch):
     config = GPTLiteConfig(vocab_size=300, context_length=64, emb_dim=64, n_heads=4, n_layers=3)
     torch.manual_seed(0)
-    model = GPTLiteForCausalLM(config).to(torch.bfloat16).eval()
+    model = speed_up(GPTLiteForCausalLM(config).to(torch.bfloat16).eval())
     ids = torch.randint(0, 300, (1, 12))
     with torch.no_grad():
         fast = [model(ids[:, : t + 1]).logits[:, -1] for t in range(4)]  # one row each, as in batch-1 decoding

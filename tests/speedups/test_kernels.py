@@ -1,4 +1,4 @@
-"""gptlite.cpu_kernels: compiled elementwise kernels of CPU training (GELU, dropout), ATen's where they cannot run."""
+"""gptlite.speedups.kernels: compiled elementwise kernels of CPU training (GELU, dropout); ATen's where they cannot."""
 
 import shutil
 import warnings
@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gptlite import cpu_kernels
-from gptlite.cpu_kernels import hashed_dropout, tanh_gelu
-from gptlite.fast_cpu import apply_dropout
 from gptlite.modeling_gptlite import GELU
+from gptlite.speedups import kernels as cpu_kernels
+from gptlite.speedups.dropout import apply_dropout
+from gptlite.speedups.kernels import FusedGELU, hashed_dropout, tanh_gelu
 from gptlite.training.config import TrainConfig
 from gptlite.training.runtime import build_model
 
@@ -87,23 +87,22 @@ def test_without_a_compiler_it_warns_once_and_is_atens_gelu(monkeypatch, fresh_k
     assert torch.equal(grad, expected)
 
 
-def test_a_gelu_module_takes_the_fused_kernels_only_when_set_and_training():
-    gelu, x = GELU(), _inputs(64).requires_grad_()
-    assert not gelu.fused  # a model as users build or load it: ATen's GELU
-    assert "TanhGELU" not in type(gelu(x).grad_fn).__name__
-    gelu.fused = True
-    assert type(gelu(x).grad_fn).__name__ == "_TanhGELUBackward"
-    gelu.eval()
-    assert torch.equal(gelu(x), F.gelu(x, approximate="tanh"))
+def test_the_fused_gelu_module_takes_the_compiled_kernels_only_when_training():
+    x = _inputs(64).requires_grad_()
+    assert "TanhGELU" not in type(GELU()(x).grad_fn).__name__  # the model's own GELU: ATen's
+    fused = FusedGELU()
+    assert type(fused(x).grad_fn).__name__ == "_TanhGELUBackward"
+    fused.eval()
+    assert torch.equal(fused(x), F.gelu(x, approximate="tanh"))
 
 
 @pytest.mark.parametrize("fused", [True, False])
-def test_training_sets_the_fused_gelu_from_its_setting(fused):
+def test_training_swaps_in_the_fused_gelu_from_its_setting(fused):
     config = TrainConfig(emb_dim=32, n_layers=2, n_heads=2, context_length=16, fused_gelu=fused)
     model = build_model(config)
-    gelus = [m for m in model.modules() if isinstance(m, GELU)]
-    assert len(gelus) == 2 and all(g.fused is fused for g in gelus)
-    assert "fused" not in model.config.to_dict()  # a speed choice of the run, not of the saved model
+    gelus = [m for m in model.modules() if isinstance(m, (GELU, FusedGELU))]
+    assert len(gelus) == 2 and all(isinstance(g, FusedGELU) is fused for g in gelus)
+    assert "fused" not in str(model.config.to_dict())  # a speed choice of the run, not of the saved model
 
 
 P_DROPPED = 3277  # of 32768: p = 0.100006, what fast dropout makes of 0.1

@@ -9,14 +9,13 @@ are as fast as they go:
 - torch's CPU generator (a Mersenne Twister) fills one value at a time on one thread. Here each element's
   random bits are SplitMix64's output for its index, from a 64-bit seed that the default generator draws for
   the whole tensor: a few multiplies and shifts that compile to one vectorised loop on all threads, 3-5x
-  faster than fast_cpu's mask from the Mersenne Twister. The backward pass recomputes the mask from the
+  faster than dropout.py's mask from the Mersenne Twister. The backward pass recomputes the mask from the
   seed instead of keeping it. The seed comes from torch's generator, so `torch.manual_seed` and resumed
   checkpoints give the same masks.
 
 Only these functions are compiled, never the model. Where torch.compile cannot build them (no C++ compiler),
 each warns once and runs eagerly: ATen's GELU, and the dropout that asked for `compiled_available()` falls
-back to its other masks. This file travels to the Hub with the model (a relative import of
-`modeling_gptlite.py`): it imports only torch.
+back to its other masks.
 """
 
 from __future__ import annotations
@@ -166,4 +165,13 @@ def hashed_dropout(x: torch.Tensor, dropped: int, scale: float) -> torch.Tensor:
     return _HashedDropout.apply(x, dropped, scale)
 
 
-__all__ = ["applies", "compiled_available", "hashed_dropout", "tanh_gelu"]
+class FusedGELU(torch.nn.Module):
+    """The book's GELU, through the compiled kernels in bf16 CPU training (`tanh_gelu`); ATen's elsewhere."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return tanh_gelu(x)
+        return F.gelu(x, approximate="tanh")
+
+
+__all__ = ["FusedGELU", "applies", "compiled_available", "hashed_dropout", "tanh_gelu"]
