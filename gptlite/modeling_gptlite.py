@@ -341,7 +341,10 @@ class GPTLiteModel(GPTLitePreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.tok_emb(input_ids)  # (b, s, e)
         given_positions = position_ids
-        if position_ids is None:
+        if position_ids is None and attention_mask is not None and attention_mask.dim() == 2:
+            # Positions count each row's real tokens: a left-padded row gets the positions it has alone.
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -seq_len:]  # (b, s)
+        elif position_ids is None:
             position_ids = (torch.arange(seq_len, device=inputs_embeds.device) + past_len).unsqueeze(0)  # (1, s)
         hidden_states = self.drop_emb(inputs_embeds + self.pos_emb(position_ids))  # (b, s, e)
 

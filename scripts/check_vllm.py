@@ -19,7 +19,7 @@ Run (from the repository root):
 
 Environment set here unless already set: VLLM_CPU_KVCACHE_SPACE=1 (GiB of KV cache; without it vLLM reserves
 `gpu_memory_utilization` x RAM and refuses to start when that much is not free), HF_HUB_OFFLINE=1,
-VLLM_LOGGING_LEVEL=WARNING. VLLM_CPU_OMP_THREADS_BIND is left at "auto": on a 2-core machine the worker gets core 0
+VLLM_LOGGING_LEVEL=ERROR. VLLM_CPU_OMP_THREADS_BIND is left at "auto": on a 2-core machine the worker gets core 0
 and core 1 is kept for the engine. vLLM's CPU attention supports head sizes 32, 64, 80, 96, 112, 128, ... only, so a
 model with emb_dim / n_heads == 16 cannot run there.
 """
@@ -78,7 +78,7 @@ def transformers_greedy(model, prompt_ids: list[int], max_tokens: int) -> list[i
 
 def main() -> int:
     args = parse_args()
-    for key, value in (("VLLM_CPU_KVCACHE_SPACE", "1"), ("HF_HUB_OFFLINE", "1"), ("VLLM_LOGGING_LEVEL", "WARNING")):
+    for key, value in (("VLLM_CPU_KVCACHE_SPACE", "1"), ("HF_HUB_OFFLINE", "1"), ("VLLM_LOGGING_LEVEL", "ERROR")):
         os.environ.setdefault(key, value)
 
     import torch
@@ -99,13 +99,14 @@ def main() -> int:
         hf_ids = transformers_greedy(model, prompt_ids, args.max_tokens)
         same = vllm_ids == hf_ids
         identical += same
-        print(f"prompt {i} ({len(prompt_ids)} tokens): {'identical' if same else 'DIFFERENT'}")
-        if not same:
-            pairs = enumerate(zip(vllm_ids, hf_ids))
-            first = next((j for j, (a, b) in pairs if a != b), min(len(vllm_ids), len(hf_ids)))
-            print(f"  first difference at new token {first}")
-            print(f"  vllm:         {vllm_ids}")
-            print(f"  transformers: {hf_ids}")
+        if same:
+            print(f"prompt {i} ({len(prompt_ids)} tokens): identical {vllm_ids}")
+            continue
+        pairs = enumerate(zip(vllm_ids, hf_ids))
+        first = next((j for j, (a, b) in pairs if a != b), min(len(vllm_ids), len(hf_ids)))
+        print(f"prompt {i} ({len(prompt_ids)} tokens): DIFFERENT from new token {first}")
+        print(f"  vllm:         {vllm_ids}")
+        print(f"  transformers: {hf_ids}")
     total = len(vllm_results)
     print(f"vllm transformers backend: {identical}/{total} prompts identical")
     return 0 if identical == total else 1

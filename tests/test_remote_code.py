@@ -154,3 +154,56 @@ def test_fresh_process_without_gptlite_loads_and_generates_the_same_tokens(tmp_p
     assert child["input_ids"] == expected["input_ids"]
     assert len(child["output"]) == len(child["input_ids"]) + NEW_TOKENS
     assert child["output"] == expected["output"]
+
+
+PROMPTS = ["Every effort moves you", "I", "HAD always thought Jack Gisburn rather a cheap genius"]
+
+# Every Auto class from the folder, in a process without gptlite: the trunk, the classifier (head initialised), and
+# a left-padded batch of prompts of different lengths generating what each prompt generates alone.
+EVERY_AUTO_CLASS_CHILD = HIDE_GPTLITE + textwrap.dedent(
+    """
+    import json
+    import sys
+
+    import torch
+    from transformers import (AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification,
+                              AutoModelForTokenClassification, AutoTokenizer)
+
+    folder, prompts = sys.argv[1], json.loads(sys.argv[2])
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+    lm = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+    trunk = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    classifier = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True, num_labels=2)
+    tagger = AutoModelForTokenClassification.from_pretrained(folder, trust_remote_code=True, num_labels=3)
+    classes = {type(m).__name__ for m in (lm, trunk, classifier, tagger)}
+
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    options = {"max_new_tokens": 8, "do_sample": False}
+    with torch.no_grad():
+        batched = lm.generate(**batch, **options)[:, batch["input_ids"].shape[1]:].tolist()
+        alone = [lm.generate(**tokenizer(p, return_tensors="pt"), **options)[0, -8:].tolist() for p in prompts]
+        same_trunk = torch.equal(trunk(**batch).last_hidden_state, lm.model(**batch).last_hidden_state)
+        class_logits = classifier.eval()(**batch).logits
+    print(json.dumps({"classes": sorted(classes), "padding_side": tokenizer.padding_side, "batched": batched,
+                      "alone": alone, "same_trunk": same_trunk, "class_logits_shape": list(class_logits.shape),
+                      "trunk_equal": all(torch.equal(p, q) for p, q in zip(classifier.model.parameters(),
+                                                                          lm.model.parameters()))}))
+    """
+)
+
+
+def check_every_auto_class(tmp_path: Path, python: str = sys.executable) -> None:
+    folder, _ = saved_folder_and_expected_tokens(tmp_path)
+    result = run_child(EVERY_AUTO_CLASS_CHILD, tmp_path, str(folder), json.dumps(PROMPTS), python=python)
+    assert result.returncode == 0, result.stderr[-4000:]
+    child = json.loads(result.stdout.strip().splitlines()[-1])
+    assert child["classes"] == ["GPTLiteForCausalLM", "GPTLiteForSequenceClassification",
+                                "GPTLiteForTokenClassification", "GPTLiteModel"]
+    assert child["padding_side"] == "left"
+    assert child["batched"] == child["alone"]
+    assert child["same_trunk"] and child["trunk_equal"]
+    assert child["class_logits_shape"] == [len(PROMPTS), 2]
+
+
+def test_fresh_process_without_gptlite_opens_every_auto_class_and_batches_like_one_by_one(tmp_path):
+    check_every_auto_class(tmp_path)

@@ -16,7 +16,14 @@ from pathlib import Path
 import pytest
 
 from gptlite.compat import MIN_TRANSFORMERS
-from tests.test_remote_code import CHILD, NEW_TOKENS, PROMPT, run_child, saved_folder_and_expected_tokens
+from tests.test_remote_code import (
+    CHILD,
+    NEW_TOKENS,
+    PROMPT,
+    check_every_auto_class,
+    run_child,
+    saved_folder_and_expected_tokens,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -65,6 +72,11 @@ def test_a_saved_folder_generates_the_same_tokens_on_transformers_4(tmp_path, tr
     child = json.loads(result.stdout.strip().splitlines()[-1])
     assert child["input_ids"] == expected["input_ids"]
     assert child["output"] == expected["output"]
+
+
+@pytest.mark.parametrize("version", [FLOOR, LAST_4X])
+def test_every_auto_class_and_batched_generation_on_transformers_4(tmp_path, transformers_venv, version):
+    check_every_auto_class(tmp_path, python=str(transformers_venv(version)))
 
 
 def test_below_the_floor_loading_names_the_version_needed(tmp_path, transformers_venv):
