@@ -299,9 +299,11 @@ class GPTLiteModel(GPTLitePreTrainedModel):
         if position_ids is not None:
             if readable(position_ids):
                 low, high = (int(bound) for bound in torch.aminmax(position_ids))
-                if low < 0 or high >= context:
-                    raise ValueError(f"position_ids hold position {high if high >= context else low}: positions "
-                                     f"must be in [0, context_length={context})")
+                if high >= context:
+                    raise ValueError(f"position_ids hold position {high}, which exceeds the model's context_length "
+                                     f"of {context} (positions run from 0 to {context - 1})")
+                if low < 0:
+                    raise ValueError(f"position_ids hold position {low}: positions must be >= 0")
         else:
             past_len = int(past_len) if readable(past_len) else past_len  # a static cache's length is a tensor
             if isinstance(past_len, int) and past_len + seq_len > context:

@@ -258,3 +258,12 @@ def test_shift_labels_are_the_books_targets():
         loss = model(ids, shift_labels=targets).loss
     expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())  # the book's calc_loss_batch
     assert abs(loss.item() - expected.item()) < 1e-6
+
+
+@pytest.mark.parametrize("bad", [TINY["context_length"], -1])
+def test_position_ids_outside_the_context_are_refused_naming_them(bad):
+    model = tiny_model()
+    ids = torch.randint(0, TINY["vocab_size"], (1, 4))
+    positions = torch.tensor([[0, 1, 2, bad]])
+    with pytest.raises(ValueError, match=rf"position_ids hold position {bad}"):
+        model(ids, position_ids=positions)

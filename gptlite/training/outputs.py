@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,17 +32,23 @@ class TrainResult:
     resumed_from: Path | None
 
 
-def write_model_folder(folder: Path, model, config: TrainConfig, history: History) -> None:
-    """Write the run's final model and records into ``folder`` (an empty, not yet visible folder)."""
+def write_model_folder(folder: Path, model, config: TrainConfig, history: History,
+                       say: Callable[[str], None] = print) -> None:
+    """Write the run's final model and records into ``folder`` (an empty, not yet visible folder); without
+    matplotlib, ``say`` tells in one line that the figures are left out."""
     from gptlite.tokenization import save_tokenizer
     from gptlite.training.data import train_source
-    from gptlite.training.plots import plot_losses, plot_lr
+    from gptlite.training.plots import matplotlib_missing, plot_losses, plot_lr
 
     model.save_pretrained(folder)  # config.json, model.safetensors, generation_config.json, the model's code
     save_tokenizer(folder, model_max_length=model.config.context_length)
     history.save(folder / "history.json", dataset=train_source(config.data_config()).describe())
     settings = {k: v for k, v in config.to_dict().items() if k != "overwrite"}  # a --config of it must not replace
     (folder / "train_config.json").write_text(json.dumps(settings, indent=1), encoding="utf-8")
+    missing = matplotlib_missing()
+    if missing:
+        say(f"Not drawing loss.png and lr.png: {missing} (pip install matplotlib draws them)")
+        return
     if history.step:
         plot_losses(history, folder / "loss.png")
     plot_lr(history, folder / "lr.png")
@@ -58,9 +65,10 @@ def save_outputs(accelerator, model, config: TrainConfig, history: History, run,
     if not accelerator.is_main_process:
         return
     unwrapped = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
-    run.save_final(lambda folder: write_model_folder(folder, unwrapped, config, history), say=accelerator.print)
-    summary = f"Saved the model, tokenizer, history.json, loss.png and lr.png in {run.path}"
-    accelerator.print(summary + _final_losses(history, evaluated_on, total_steps))
+    say = accelerator.print
+    run.save_final(lambda folder: write_model_folder(folder, unwrapped, config, history, say), say=say)
+    records = ", ".join(name for name in ("history.json", "loss.png", "lr.png") if (run.path / name).exists())
+    say(f"Saved the model, tokenizer and {records} in {run.path}" + _final_losses(history, evaluated_on, total_steps))
 
 
 def _final_losses(history: History, evaluated_on: str | None, total_steps: int | None) -> str:

@@ -11,7 +11,16 @@ from pathlib import Path
 
 from gptlite.training.monitoring import History
 
-__all__ = ["plot_losses", "plot_lr"]
+__all__ = ["matplotlib_missing", "plot_losses", "plot_lr"]
+
+
+def matplotlib_missing() -> str | None:
+    """Why the figures cannot be drawn in this environment (matplotlib does not import), or None."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as error:
+        return str(error)
+    return None
 
 
 def _figure(figsize: tuple[float, float]):
