@@ -104,11 +104,6 @@ def accepts_past_key_values(forward):
             kwargs["cache"] = kwargs.pop("past_key_values")
         return forward(*args, **kwargs)
 
-    # Callers that read the signature (generate, optimum's exporters) see the name they pass.
-    parameters = inspect.signature(forward).parameters.values()
-    renamed.__signature__ = inspect.signature(forward).replace(
-        parameters=[p.replace(name="past_key_values") if p.name == "cache" else p for p in parameters]
-    )
     return renamed
 
 

@@ -18,6 +18,7 @@ more. gptlite's CPU speed-ups are applied to a loaded model from outside (`gptli
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 
 import torch
@@ -191,6 +192,11 @@ class TransformerBlock(GradientCheckpointingLayer):
 # The trunk's modules; a state dict that has them at the top level (the book's GPTModel, gptlite before
 # GPTLiteModel) is read with `model.` in front.
 _TRUNK = ("tok_emb.", "pos_emb.", "drop_emb.", "trf_blocks.", "final_norm.")
+
+# The untied head's name in saved files: `lm_head.weight`, as GPT-style checkpoints name it, so that tools that build
+# their own head on the trunk (vLLM's transformers backend) find it. Inside, it is the book's `out_head`; folders
+# saved with `out_head.weight` load as well.
+HEAD_IN_FILES = "lm_head.weight"
 
 # Every Auto class a saved folder opens with, whichever class saved it (transformers itself writes only the saving
 # class's entry): a causal-LM folder also opens as AutoModel and as the trunk of the classifiers.
@@ -376,6 +382,20 @@ class GPTLiteForCausalLM(GPTLitePreTrainedModel, GenerationMixin):
             self.generation_config.pad_token_id = config.eos_token_id
         self._register_load_state_dict_pre_hook(_trunk_keys_under_model, with_module=True)
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`; the head saved as `lm_head.weight` loads into `out_head`."""
+        kwargs.setdefault("key_mapping", {rf"^{re.escape(HEAD_IN_FILES)}$": "out_head.weight"})
+        return super().from_pretrained(*args, **kwargs)
+
+    def save_pretrained(self, save_directory, *args, state_dict: dict | None = None, **kwargs):
+        """`PreTrainedModel.save_pretrained`, with an untied head saved as `lm_head.weight`."""
+        if not self.config.tie_word_embeddings:
+            state_dict = dict(self.state_dict() if state_dict is None else state_dict)
+            if "out_head.weight" in state_dict:
+                state_dict[HEAD_IN_FILES] = state_dict.pop("out_head.weight")
+        return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
+
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.tok_emb
 
@@ -456,7 +476,7 @@ class GPTLiteForSequenceClassification(GPTLitePreTrainedModel):
     """
 
     # A causal-LM folder's head is not this model's.
-    _keys_to_ignore_on_load_unexpected = [r"att\.mask$", r"^out_head\."]
+    _keys_to_ignore_on_load_unexpected = [r"att\.mask$", r"^out_head\.", r"^lm_head\."]
 
     def __init__(self, config: GPTLiteConfig):
         super().__init__(config)
@@ -512,7 +532,7 @@ class GPTLiteForSequenceClassification(GPTLitePreTrainedModel):
 class GPTLiteForTokenClassification(GPTLitePreTrainedModel):
     """The trunk with a per-token head (`classifier`), as GPT-2's token classifier: logits (b, s, num_labels)."""
 
-    _keys_to_ignore_on_load_unexpected = [r"att\.mask$", r"^out_head\."]
+    _keys_to_ignore_on_load_unexpected = [r"att\.mask$", r"^out_head\.", r"^lm_head\."]
 
     def __init__(self, config: GPTLiteConfig):
         super().__init__(config)
@@ -570,6 +590,7 @@ def _trunk_keys_under_model(module, state_dict, prefix, *args) -> None:
 
 __all__ = [
     "AUTO_MAP",
+    "HEAD_IN_FILES",
     "GPTLiteForCausalLM",
     "GPTLiteForSequenceClassification",
     "GPTLiteForTokenClassification",

@@ -16,6 +16,7 @@ Setup (vLLM's CPU build in a venv of its own; Python 3.11, the CPU torch wheel 2
 Run (from the repository root):
 
     /work/venvs/vllm/bin/python scripts/check_vllm.py FOLDER [--prompts P ...] [--max-tokens N] [--max-model-len L]
+        [--compile]
 
 Environment set here unless already set: VLLM_CPU_KVCACHE_SPACE=1 (GiB of KV cache; without it vLLM reserves
 `gpu_memory_utilization` x RAM and refuses to start when that much is not free), HF_HUB_OFFLINE=1,
@@ -42,6 +43,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--prompts", nargs="+", default=DEFAULT_PROMPTS, help="prompts, decoded in one vLLM batch")
     parser.add_argument("--max-tokens", type=int, default=16, help="new tokens per prompt (default 16)")
     parser.add_argument("--max-model-len", type=int, default=128, help="vLLM's max_model_len (default 128)")
+    parser.add_argument("--compile", action="store_true", help="let vLLM torch.compile the model (default: eager)")
     return parser.parse_args()
 
 
@@ -55,7 +57,7 @@ def vllm_greedy(args: argparse.Namespace) -> list[tuple[list[int], list[int]]]:
         trust_remote_code=True,
         dtype="float32",
         max_model_len=args.max_model_len,
-        enforce_eager=True,
+        enforce_eager=not args.compile,
     )
     outputs = llm.generate(args.prompts, SamplingParams(temperature=0, max_tokens=args.max_tokens), use_tqdm=False)
     return [(list(out.prompt_token_ids), list(out.outputs[0].token_ids)) for out in outputs]
@@ -87,7 +89,12 @@ def main() -> int:
 
     print(f"vllm {vllm.__version__}, transformers {transformers.__version__}, torch {torch.__version__}")
     print(f"folder: {args.folder}")
-    vllm_results = vllm_greedy(args)
+    try:
+        vllm_results = vllm_greedy(args)
+    except Exception as exc:  # the engine's own log above holds the root cause
+        print(f"vllm failed: {type(exc).__name__}: {exc}")
+        print(f"vllm transformers backend: 0/{len(args.prompts)} prompts identical")
+        return 1
 
     transformers.logging.set_verbosity_error()
     model = transformers.AutoModelForCausalLM.from_pretrained(args.folder, trust_remote_code=True, dtype=torch.float32)

@@ -138,13 +138,29 @@ def test_sharded_round_trip(tmp_path):
     assert len(shards) >= 3
     assert not (folder / "model.safetensors").exists()
     index = json.loads((folder / "model.safetensors.index.json").read_text())
-    assert set(index["weight_map"]) == set(model.state_dict())
+    in_files = {"lm_head.weight" if name == "out_head.weight" else name for name in model.state_dict()}
+    assert set(index["weight_map"]) == in_files
     assert sorted(set(index["weight_map"].values())) == shards
     for shard in shards:
         assert (folder / shard).stat().st_size <= 50_000 + 4096  # tensors under the limit, plus the header
 
     loaded = AutoModelForCausalLM.from_pretrained(folder)
     assert_same_weights(loaded, model)
+
+
+def test_the_untied_head_is_saved_as_lm_head_and_folders_that_call_it_out_head_still_load(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "new")
+    names = set(load_file(tmp_path / "new" / "model.safetensors"))
+    assert "lm_head.weight" in names and "out_head.weight" not in names  # the name vLLM and exporters look for
+    assert "out_head.weight" in model.state_dict()  # inside, the book's name
+    assert_same_weights(GPTLiteForCausalLM.from_pretrained(tmp_path / "new"), model)
+
+    (tmp_path / "old").mkdir()  # a folder saved before: the head under the book's name
+    (tmp_path / "old" / "config.json").write_text((tmp_path / "new" / "config.json").read_text())
+    save_file({name: t.contiguous() for name, t in model.state_dict().items()}, tmp_path / "old" / "model.safetensors",
+              metadata={"format": "pt"})
+    assert_same_weights(GPTLiteForCausalLM.from_pretrained(tmp_path / "old"), model)
 
 
 def test_tied_round_trip(tmp_path):
@@ -165,7 +181,7 @@ def test_untied_round_trip(tmp_path):
     assert not torch.equal(model.out_head.weight, model.model.tok_emb.weight)
     folder = tmp_path / "untied"
     model.save_pretrained(folder)
-    assert {"model.tok_emb.weight", "out_head.weight"} <= keys_on_disk(folder)
+    assert {"model.tok_emb.weight", "lm_head.weight"} <= keys_on_disk(folder)
 
     loaded = AutoModelForCausalLM.from_pretrained(folder)
     assert loaded.out_head.weight is not loaded.model.tok_emb.weight

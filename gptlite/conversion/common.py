@@ -11,7 +11,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from ..configuration_gptlite import GPTLiteConfig
 from ..modeling_gptlite import GPTLiteForCausalLM
-from .names import book_name, from_gptlite_layout, rows, state_dict_name, to_gptlite_layout
+from .names import book_name, file_name, from_gptlite_layout, rows, state_dict_name, to_gptlite_layout
 from .storage import ConversionError, FlagError, RenamedSource, TensorSource, write_safetensors
 
 __all__ = [
@@ -95,20 +95,23 @@ def gpt2_tensors_to_gptlite(
 
 
 def save_streaming(
-    model: PreTrainedModel, out_dir: Path, tensors: Iterator[tuple[str, torch.Tensor]]
+    model: PreTrainedModel,
+    out_dir: Path,
+    tensors: Iterator[tuple[str, torch.Tensor]],
+    file_name: Callable[[str], str] = str,
 ) -> None:
     """`save_pretrained`'s folder for a meta-device `model`, with weights streamed into model.safetensors.
 
     `save_pretrained` writes config.json, generation_config.json and (for gptlite) the remote-code files;
-    the weights go to the same single `model.safetensors` it would write, under the same names: a tied
-    parameter is stored once, under its first name.
+    the weights go to the same single `model.safetensors` it would write, under the names `file_name` gives the
+    state-dict names (as its save_pretrained does): a tied parameter is stored once, under its first name.
     """
     specs: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
     seen: set[int] = set()
     for name, tensor in model.state_dict(keep_vars=True).items():
         if id(tensor) not in seen:  # tied parameters are one object
             seen.add(id(tensor))
-            specs[name] = (tuple(tensor.shape), tensor.dtype)
+            specs[file_name(name)] = (tuple(tensor.shape), tensor.dtype)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, state_dict={})
     write_safetensors(out_dir / "model.safetensors", specs, tensors, metadata={"format": "pt"})
@@ -124,8 +127,8 @@ def write_gptlite(
     from ..tokenization import save_tokenizer
 
     out_dir = Path(out_dir)
-    named = ((state_dict_name(name), tensor) for name, tensor in tensors)  # the trunk goes under `model.`
-    save_streaming(meta_model(GPTLiteForCausalLM, config, dtype), out_dir, named)
+    named = ((file_name(state_dict_name(name)), tensor) for name, tensor in tensors)  # the trunk under `model.`
+    save_streaming(meta_model(GPTLiteForCausalLM, config, dtype), out_dir, named, file_name)
     save_tokenizer(out_dir, model_max_length=config.context_length)
     return out_dir
 

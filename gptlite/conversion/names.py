@@ -8,8 +8,9 @@ index. Two layouts differ from a copy:
   dimension is [q | k | v]; gptlite has three separate projections.
 
 The gptlite names are the book's `GPTModel` names. Inside `GPTLiteForCausalLM` the trunk sits under `model.`
-(`GPTLiteModel`) and only `out_head` is at the top: `state_dict_name` and `book_name` translate at that one
-boundary, so the book's files, older gptlite folders (trunk at the top) and new ones all read through this table.
+(`GPTLiteModel`) and only `out_head` is at the top (saved as `lm_head.weight` when untied): `state_dict_name`,
+`file_name` and `book_name` translate at that one boundary, so the book's files, older gptlite folders (trunk at the
+top, head as `out_head.weight`) and new ones all read through this table.
 """
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["TABLE", "Row", "book_name", "from_gptlite_layout", "rows", "state_dict_name", "to_gptlite_layout"]
+from ..modeling_gptlite import HEAD_IN_FILES
+
+__all__ = [
+    "TABLE", "Row", "book_name", "file_name", "from_gptlite_layout", "rows", "state_dict_name", "to_gptlite_layout"
+]
 
 # Where GPTLiteForCausalLM keeps GPTLiteModel (its `base_model_prefix`).
 _TRUNK_PREFIX = "model."
@@ -33,8 +38,15 @@ def state_dict_name(name: str) -> str:
 
 
 def book_name(name: str) -> str:
-    """A `GPTLiteForCausalLM` state-dict name (or an older gptlite folder's) -> the book's name."""
+    """A `GPTLiteForCausalLM` state-dict or file name (or an older gptlite folder's) -> the book's name."""
+    if name == HEAD_IN_FILES:
+        return "out_head.weight"
     return name.removeprefix(_TRUNK_PREFIX)
+
+
+def file_name(name: str) -> str:
+    """A `GPTLiteForCausalLM` state-dict name -> its name in a saved file (the untied head is `lm_head.weight`)."""
+    return HEAD_IN_FILES if name == "out_head.weight" else name
 
 
 @dataclass(frozen=True)

@@ -129,7 +129,7 @@ def test_module_cli_trains_with_trackers_then_eval_and_generate_use_the_result(t
     done = run(train_command(*config_flags(config)), env)
     assert done.returncode == 0, done.stderr[-3000:]
     out = tmp_path / "run"
-    assert "Ep 1 (Step 000000)" in done.stdout and "Saved the model, tokenizer, history.json" in done.stdout
+    assert "Ep 1 (Step 000000)" in done.stdout and "Saved the model, tokenizer and history.json" in done.stdout
     assert "training:" in done.stderr and "tok_s=" in done.stderr  # the progress bar
     assert list((out / "logs").rglob("events.out.tfevents.*")) and list((tmp_path / "trackio").glob("*.db"))
     history = json.loads((out / "history.json").read_text())
