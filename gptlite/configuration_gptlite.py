@@ -45,9 +45,7 @@ def _check_types(fields: dict) -> None:
     def refuse(name: str, expected: str) -> None:
         raise ValueError(f"GPTLiteConfig.{name} must be {expected}, got {fields[name]!r}")
 
-    for name in _POSITIVE_INTS:
-        if not _is_int(fields[name]) or fields[name] <= 0:
-            refuse(name, "a positive integer")
+    # (The sizes, _POSITIVE_INTS, are checked by validate_architecture, which also runs after later changes.)
     for name in _NUMBERS:
         if not (_is_int(fields[name]) or isinstance(fields[name], float)):
             refuse(name, "a number")
@@ -172,9 +170,9 @@ class GPTLiteConfig(PretrainedConfig):
 
     def validate_architecture(self) -> None:
         """Reject impossible shapes, naming the field and its value."""
-        for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
+        for name in _POSITIVE_INTS:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            if not _is_int(value) or value <= 0:
                 raise ValueError(f"GPTLiteConfig.{name} must be a positive integer, got {value!r}")
         if self.emb_dim % self.n_heads != 0:
             raise ValueError(
