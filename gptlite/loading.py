@@ -32,7 +32,7 @@ from .configuration_gptlite import GPTLiteConfig
 from .errors import InputFileError, UsageError, one_line
 from .modeling_gptlite import GPTLiteForCausalLM
 
-__all__ = ["ARCHITECTURE", "load_model", "model_folder", "read_model_config"]
+__all__ = ["ARCHITECTURE", "first_non_finite", "load_model", "model_folder", "read_model_config"]
 
 # The fields that decide a model's parameter shapes (TrainConfig's architecture flags, plus the context).
 ARCHITECTURE = ("emb_dim", "n_layers", "n_heads", "qkv_bias", "tie_word_embeddings", "context_length")
@@ -182,6 +182,25 @@ def _load_gpt2(folder: Path, dtype: torch.dtype, overrides: Mapping[str, Any], a
     return model
 
 
+def first_non_finite(model: torch.nn.Module) -> str | None:
+    """The name of the first parameter of ``model`` holding a NaN or an infinity (None if none does).
+
+    Parameters only: a buffer may hold -inf on purpose (an attention mask).
+    """
+    for name, tensor in model.named_parameters():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
+
+
+def _check_finite(model: torch.nn.Module, folder: Path) -> None:
+    # A model saved by a run that diverged loads fine and generates "!!!!" with exit 0: refuse it here instead.
+    name = first_non_finite(model)
+    if name is not None:
+        raise InputFileError(f"{folder}: tensor {name} holds NaN or infinite values, so the model cannot compute "
+                             "anything (saved by a training run that diverged?)")
+
+
 def load_model(
     source: str | os.PathLike[str],
     *,
@@ -204,7 +223,7 @@ def load_model(
     Raises:
         UsageError: `source` cannot be found, is not a model folder, or is a kind of model gptlite does not run.
         InputFileError: a file of the model is broken (bad JSON, a truncated weights file, a missing or
-            wrongly shaped tensor); the message names the file and the tensor.
+            wrongly shaped tensor, a tensor holding NaN or infinity); the message names the file and the tensor.
     """
     overrides = dict(overrides or {})
     folder = model_folder(source, cache_dir)
@@ -214,4 +233,5 @@ def load_model(
         (notice or _notice)(f"{os.fspath(source)} is a GPT-2 folder (model_type gpt2): converted to gptlite in memory")
     else:
         model = _load_gptlite(folder, dtype, overrides, attn_implementation)
+    _check_finite(model, folder)
     return model.eval()
