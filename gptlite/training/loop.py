@@ -25,7 +25,13 @@ from itertools import islice
 import torch
 from torch.utils.data import IterableDataset
 
-from gptlite.training.checkpointing import TrainerState, check_resumable, load_trainer_state, model_architecture
+from gptlite.training.checkpointing import (
+    TrainerState,
+    check_resumable,
+    load_checkpoint,
+    load_trainer_state,
+    model_architecture,
+)
 from gptlite.training.clipping import clip_grad_norm
 from gptlite.training.config import TrainConfig
 from gptlite.training.divergence import check_finite, check_finite_weights
@@ -153,7 +159,7 @@ class _Session:
         if resume is not None:
             saved = load_trainer_state(resume)
             check_resumable(saved, state, resume)
-            accelerator.load_state(str(resume))
+            load_checkpoint(accelerator, resume, saved.num_processes)
             # load_state restores Accelerate's batch counter, which decides when gradients synchronise: count it
             # in this run's --grad-accum (a checkpoint of N processes resumed on M has another one).
             accelerator.step = saved.global_step * config.grad_accum

@@ -43,11 +43,14 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
 
+from gptlite.errors import InputFileError
 from gptlite.folders import FolderRefused, atomic_folder, fsync_tree, process_alive, write_failure
 from gptlite.training.checkpointing import (
+    check_intact,
     checkpoint_run_id,
     latest_checkpoint,
     list_checkpoints,
+    newest_intact_checkpoint,
     prune_checkpoints,
     remove_partial_checkpoints,
     resolve_resume,
@@ -180,6 +183,8 @@ def _claim_on_main(out: Path, resume_from: str | None, overwrite: bool, settings
     if out.exists() and not out.is_dir():
         raise FolderRefused(f"--output-dir {out} exists and is not a folder")
     explicit = resolve_resume(resume_from, out) if resume_from not in (None, "latest") else None
+    if explicit is not None:
+        check_intact(explicit)  # before anything is written: a damaged checkpoint is one line, not a traceback
     out.mkdir(parents=True, exist_ok=True)
     notices: list[str] = []
     _acquire_lock(out, notices)
@@ -202,9 +207,9 @@ def _decide(out: Path, resume_from: str | None, explicit: Path | None, overwrite
     if resume_from == "latest":
         if record is not None:
             run_id = record["run_id"]
-            latest = latest_checkpoint(out, run_id)
+            latest = newest_intact_checkpoint(out, run_id, notices)
         else:  # a folder from before gptlite recorded runs: its checkpoints are the folder's one run
-            latest = latest_checkpoint(out)
+            latest = newest_intact_checkpoint(out, None, notices)
             run_id = (checkpoint_run_id(latest) if latest else None) or _new_run_id()
         if latest is None and holds_run and not overwrite:
             raise FolderRefused(f"--resume-from latest: {out} holds {_describe_run(out, record)} but no checkpoint "
@@ -359,7 +364,8 @@ def claim_run_folder(config, accelerator) -> RunFolder:
         broadcast_object_list(verdict)
     if verdict[1] is not None:  # another process's refusal: the same error here, so every process stops
         kind, message = verdict[1]
-        raise (FileNotFoundError if kind == "FileNotFoundError" else FolderRefused)(message)
+        raise {"FileNotFoundError": FileNotFoundError, "InputFileError": InputFileError}.get(kind, FolderRefused)(
+            message)
     claim: _Claim = verdict[0]
     if accelerator.is_main_process:
         for notice in claim.notices:
