@@ -30,6 +30,7 @@ import torch
 from gptlite.errors import InputFileError, one_line
 from gptlite.folders import FolderWriteError, write_failure
 from gptlite.training.checkpoint_files import checkpoint_damage, file_sizes
+from gptlite.training.data_identity import describe_change
 
 # Accelerate drops the tied output head from a checkpoint's safetensors, then warns "This should be OK, but check
 # ... while reloading" at every checkpoint. For gptlite's own tie it is OK: loading ties the head again
@@ -91,6 +92,8 @@ class TrainerState:
     """The run that wrote the checkpoint (None: written before gptlite recorded runs)."""
     architecture: dict[str, Any] = field(default_factory=dict)
     """The trained model's architecture (the :data:`ARCHITECTURE` fields of its config)."""
+    data: dict[str, Any] = field(default_factory=dict)
+    """What the run trains on: the sources in words and a fingerprint of their content (:mod:`.data_identity`)."""
     files: dict[str, int] = field(default_factory=dict)
     """Every other file of the checkpoint and its size, checked before resuming (:mod:`.checkpoint_files`)."""
 
@@ -241,6 +244,9 @@ def check_resumable(saved: TrainerState, now: TrainerState, checkpoint: Path) ->
             raise ValueError(f"--resume-from {checkpoint}: the checkpoint's model has {name} {before!r}, this run "
                              f"would build {after!r} ({named}); resume with the checkpoint's {named} or start a new "
                              "run in another --output-dir")
+    change = describe_change(saved.data, now.data)
+    if change is not None:  # another corpus with as many steps per epoch would pass every check below
+        raise ValueError(change)
     # The processes and --grad-accum matter only through their product: an optimizer step takes global
     # batches k*P*A .. (k+1)*P*A - 1 of the epoch's order, whichever process trains which (loop docstring).
     saved_accum, accum = saved.config.get("grad_accum"), now.config.get("grad_accum")

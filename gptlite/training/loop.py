@@ -34,6 +34,7 @@ from gptlite.training.checkpointing import (
 )
 from gptlite.training.clipping import clip_grad_norm
 from gptlite.training.config import TrainConfig
+from gptlite.training.data_identity import data_identity
 from gptlite.training.divergence import check_finite, check_finite_weights
 from gptlite.training.evaluation import evaluation_batches, loss_sums, sample_text, token_loss_sum
 from gptlite.training.monitoring import History, Progress
@@ -147,7 +148,7 @@ class _Session:
         architecture = model_architecture(accelerator.unwrap_model(model).config)
         state = TrainerState(steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                              num_processes=accelerator.num_processes, config=config.to_dict(), run_id=run.run_id,
-                             architecture=architecture)
+                             architecture=architecture, data=data_identity(config.data_config(), train_ds, val_ds))
         return cls(config, accelerator, run, model, optimizer, loader, scheduler, schedule, train_ds, val_ds,
                    generator, streaming, steps_per_epoch, total_steps, state, History())
 

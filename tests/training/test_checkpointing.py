@@ -251,3 +251,22 @@ def test_random_states_that_do_not_restore_fail_loudly(tmp_path, corpus, uninter
     code, err = exit_of(capsys, config_flags(tiny_config(tmp_path, corpus, **SETTINGS, resume_from="latest")))
     assert code == 1 and f"{rng}: the random number generators were not restored from it" in err
 
+
+# -- a resume continues the same run: other data is refused, naming both ------------------------------------------
+
+
+def test_a_resume_on_other_data_is_refused_naming_both(tmp_path, capsys):
+    import shutil
+
+    first = write_corpus(tmp_path / "first.txt", n_words=1200, seed=0)
+    other = write_corpus(tmp_path / "other.txt", n_words=1200, seed=1)  # as many steps per epoch, other text
+    settings = {"max_steps": 3, "checkpoint_every": 2, "eval_freq": 100}
+    assert exit_of(capsys, config_flags(tiny_config(tmp_path, first, **settings)))[0] == 0
+    code, err = exit_of(capsys, config_flags(tiny_config(tmp_path, other, **settings, resume_from="latest")))
+    assert code == 2 and f"the checkpoint was trained on {first} (" in err and f"would train on {other} (" in err
+    shutil.copy(other, first)  # the same path, other content
+    code, err = exit_of(capsys, config_flags(tiny_config(tmp_path, first, **settings, resume_from="latest")))
+    assert code == 2 and "whose content changed since the checkpoint was written" in err
+    write_corpus(first, n_words=1200, seed=0)  # the same text again, with a new modification time: the same data
+    code, err = exit_of(capsys, config_flags(tiny_config(tmp_path, first, **settings, resume_from="latest")))
+    assert code == 0, err
