@@ -39,6 +39,7 @@ from gptlite.training.divergence import check_finite, check_finite_weights
 from gptlite.training.evaluation import evaluation_batches, loss_sums, sample_text, token_loss_sum
 from gptlite.training.monitoring import History, Progress
 from gptlite.training.outputs import TrainResult, save_outputs
+from gptlite.training.preflight import check_trackers
 from gptlite.training.run_folder import RunFolder, claim_run_folder
 from gptlite.training.runtime import (
     build_model,
@@ -64,6 +65,7 @@ def train(config: TrainConfig) -> TrainResult:
             there before is intact.
         TrainingStopped: SIGINT or SIGTERM stopped the run after a step; it names the checkpoint to resume.
     """
+    check_trackers(config.report_to)  # before anything is written or read
     if config.book_exact:  # the book's chapter-5 loop, draw for draw
         from gptlite.training.book_exact import train_book_exact
 
