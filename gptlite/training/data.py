@@ -22,8 +22,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
-import tempfile
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from gptlite.folders import fsync_tree
+from gptlite.folders import fsync_tree, process_alive
 from gptlite.training.sources import TextSource, resolve_files, single_document
 from gptlite.training.token_cache import (
     SHARD_TOKENS,
@@ -196,6 +197,25 @@ def _write_splits(config: DataConfig, train: TextSource, val: TextSource | None,
     return {"train": train_split, "val": val_split}
 
 
+_WRITER_TAG = ".tmp-"
+_WRITER = re.compile(r"^\.[0-9a-f]+\.tmp-(?P<pid>\d+)-(?P<host>.+)$")
+
+
+def remove_stale_writers(folder: Path) -> list[Path]:
+    """Delete the hidden folders of cache writers that are gone (killed while tokenizing); return them.
+
+    A writer on another host counts as alive: its process cannot be seen from here.
+    """
+    stale = []
+    if folder.is_dir():
+        for path in folder.iterdir():
+            match = _WRITER.match(path.name)
+            if match and not process_alive(int(match["pid"]), match["host"]):
+                shutil.rmtree(path, ignore_errors=True)
+                stale.append(path)
+    return stale
+
+
 def _open_split(entry: Path, split: dict | None) -> TokenShards | None:
     if split is None:
         return None
@@ -217,10 +237,14 @@ def load_token_splits(
     train, val = train_source(config), validation_source(config)
     folder = Path(config.cache_dir) if config.cache_dir is not None else default_cache_dir()
     entry = folder / _cache_key(config, train, val)
+    remove_stale_writers(folder)
     if not (entry / "meta.json").is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        # Written in a hidden sibling and renamed whole: a cache entry is complete or absent.
-        tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=folder))
+        # Written in a hidden sibling and renamed whole: a cache entry is complete or absent. The sibling is named
+        # after its writer, so that a later run can tell a killed writer's leftover from a live one's work.
+        tmp = folder / f".{entry.name}{_WRITER_TAG}{os.getpid()}-{socket.gethostname()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
         try:
             splits = _write_splits(config, train, val, tmp, shard_tokens)
             meta = {"version": CACHE_VERSION, "train": train.describe(),
