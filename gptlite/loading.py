@@ -128,21 +128,23 @@ def read_model_config(folder: str | os.PathLike[str]) -> tuple[str, GPTLiteConfi
     )
 
 
-def _check_gptlite_weights(folder: Path, config: GPTLiteConfig) -> None:
+def _check_gptlite_weights(folder: Path, config: GPTLiteConfig, notice: Callable[[str], None] | None) -> None:
     from .conversion.common import book_named, check_gptlite_source
     from .conversion.storage import ConversionError, open_weights
 
     try:  # the check speaks the book's names, whether the folder's trunk is under `model.` or not
-        check_gptlite_source(config, book_named(open_weights(folder)), described_by=str(folder / "config.json"))
+        source = book_named(open_weights(folder, notice))  # the file from_pretrained reads below
+        check_gptlite_source(config, source, described_by=str(folder / "config.json"))
     except FileNotFoundError as err:  # a config without weights
         raise InputFileError(one_line(err)) from None
     except ConversionError as err:  # unreadable file, missing/extra tensor, wrong shape: the message names it
         raise InputFileError(one_line(err)) from None
 
 
-def _load_gptlite(folder: Path, dtype: torch.dtype, overrides: Mapping[str, Any], attn: str | None):
+def _load_gptlite(folder: Path, dtype: torch.dtype, overrides: Mapping[str, Any], attn: str | None,
+                  notice: Callable[[str], None] | None):
     config = _gptlite_config(folder, overrides)
-    _check_gptlite_weights(folder, config)
+    _check_gptlite_weights(folder, config, notice)
     options = {} if attn is None else {"attn_implementation": attn}
     try:
         return GPTLiteForCausalLM.from_pretrained(folder, config=config, dtype=dtype, **options)
@@ -158,12 +160,13 @@ def _owning(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def _load_gpt2(folder: Path, dtype: torch.dtype, overrides: Mapping[str, Any], attn: str | None):
+def _load_gpt2(folder: Path, dtype: torch.dtype, overrides: Mapping[str, Any], attn: str | None,
+               notice: Callable[[str], None] | None):
     from .conversion.hf import gpt2_state_dict_in_memory
     from .conversion.storage import ConversionError
 
     try:  # read_model_config has already refused GPT-2 options gptlite cannot express (exit 2)
-        config, state_dict = gpt2_state_dict_in_memory(folder)
+        config, state_dict = gpt2_state_dict_in_memory(folder, notice=notice)
     except (ConversionError, FileNotFoundError) as err:  # unreadable file, missing or wrongly shaped tensor
         raise InputFileError(one_line(err)) from None
     for key, value in overrides.items():
@@ -218,7 +221,8 @@ def load_model(
         overrides: config fields to change that do not change shapes (``drop_rate``, ``fast_dropout``).
         attn_implementation: ``"sdpa"`` or ``"eager"`` (default: the model's).
         cache_dir: Hugging Face cache for Hub downloads.
-        notice: called with the one line saying that a GPT-2 folder was converted (None: print it on stderr).
+        notice: called with the one-line notices (a GPT-2 folder converted; a folder holding more than one weights
+            file, naming the one read) (None: print them on stderr).
 
     Raises:
         UsageError: `source` cannot be found, is not a model folder, or is a kind of model gptlite does not run.
@@ -229,9 +233,9 @@ def load_model(
     folder = model_folder(source, cache_dir)
     model_type, _ = read_model_config(folder)
     if model_type == "gpt2":
-        model = _load_gpt2(folder, dtype, overrides, attn_implementation)
+        model = _load_gpt2(folder, dtype, overrides, attn_implementation, notice)
         (notice or _notice)(f"{os.fspath(source)} is a GPT-2 folder (model_type gpt2): converted to gptlite in memory")
     else:
-        model = _load_gptlite(folder, dtype, overrides, attn_implementation)
+        model = _load_gptlite(folder, dtype, overrides, attn_implementation, notice)
     _check_finite(model, folder)
     return model.eval()
