@@ -273,9 +273,27 @@ def _too_few_tokens(name: str, n_tokens: int, context_length: int, hint: str) ->
     )
 
 
+def _data_words(source: TextSource) -> str:
+    """The data in words for an error: which file(s) or data set, and which of the files are empty."""
+    if source.dataset is not None or not source.files:
+        return source.describe()
+    empty = [str(p) for p in source.files if p.stat().st_size == 0]
+    if len(source.files) == 1:
+        return f"{source.files[0]}{' (an empty file)' if empty else ''}"
+    said = f"{len(source.files)} files ({source.files[0]}, ...)"
+    if empty:
+        named = ", ".join(empty[:3]) + (", ..." if len(empty) > 3 else "")
+        said += f", of which {named} {'is' if len(empty) == 1 else 'are'} empty"
+    return said
+
+
 def _hints(config: DataConfig) -> tuple[str, str]:
+    """What to do about a split too short for one window, and which data it came from (the culprit named)."""
+    train, val = train_source(config), validation_source(config)
     val_hint = "add validation data" if config.has_validation_source else "raise the validation share"
-    return "lower --context-length or add training data", f"lower --context-length or {val_hint}"
+    val_data = _data_words(val) if val is not None else f"split off {_data_words(train)}"
+    return (f"lower --context-length or add training data (the training data: {_data_words(train)})",
+            f"lower --context-length or {val_hint} (the validation data: {val_data})")
 
 
 @dataclass(frozen=True)
@@ -359,7 +377,7 @@ def build_dataloaders(
             raise ValueError(
                 f"training split gives {len(train_ds)} window(s) of {config.context_length} tokens, fewer than "
                 f"one batch of {batch_size} (the last incomplete batch is dropped); lower --batch-size or "
-                "--context-length, or add training data"
+                f"--context-length, or add training data (the training data: {_data_words(train_source(config))})"
             )
         generator = None if seed is None else torch.Generator().manual_seed(seed)
         train_loader = DataLoader(

@@ -1,5 +1,6 @@
 """Checks before the first token: an output folder or parent that cannot be written, a tracker that is not installed
-and an --init-from model whose vocabulary is not GPT-2's are refused in one line before any work is done."""
+and an --init-from model whose vocabulary is not GPT-2's are refused in one line before any work is done; data too
+short for one window names its files."""
 
 from __future__ import annotations
 
@@ -92,3 +93,23 @@ def test_init_from_a_model_without_gpt2s_vocabulary_is_refused_naming_it(tmp_pat
     assert "GPT-2's 50257" in line and not (tmp_path / "token-cache").exists()
     code, err = exit_of(capsys, eval_main, [str(small_vocabulary_model), "--data", str(corpus)])
     assert code == 2 and f"the model {small_vocabulary_model} has a vocabulary of 1000 tokens" in last_line(err)
+
+
+# -- the culprit named: data too short for one window names its file, and says which is empty --------------------
+
+
+@pytest.mark.parametrize("layout", ["one empty file", "a folder with an empty file"])
+def test_data_too_short_for_a_window_names_the_files(tmp_path, capsys, layout):
+    if layout == "one empty file":
+        data, empty = tmp_path / "empty.txt", tmp_path / "empty.txt"
+        data.write_text("")
+        named = f"(the training data: {empty} (an empty file))"
+    else:
+        data = tmp_path / "docs"
+        data.mkdir()
+        empty = data / "b.txt"
+        (data / "a.txt").write_text("a few words")
+        empty.write_text("")
+        named = f"(the training data: 2 files ({data / 'a.txt'}, ...), of which {empty} is empty)"
+    code, err = exit_of(capsys, main, config_flags(tiny_config(tmp_path, data, max_steps=1)))
+    assert code == 2 and "training split has" in last_line(err) and named in last_line(err)
