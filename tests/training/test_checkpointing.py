@@ -218,14 +218,16 @@ def test_latest_falls_back_to_the_newest_intact_checkpoint_and_resumes_bit_ident
     assert max_abs_difference(reference_weights, weights(tmp_path / "run")) == 0.0
 
 
+@pytest.mark.parametrize("damage", ["optimizer-truncated", "optimizer-deleted"])
 def test_a_damaged_checkpoint_named_by_path_is_refused_naming_the_file_and_the_previous_one(
-        tmp_path, corpus, uninterrupted, capsys):
+        tmp_path, corpus, uninterrupted, capsys, damage):
+    name, spoil, message = DAMAGES[damage]
     checkpoints = copy_of_the_run(tmp_path, uninterrupted[2])
-    truncate(checkpoints / "checkpoint-36" / "optimizer.bin", 0.9)
+    spoil(checkpoints / "checkpoint-36" / name)
     before = tree_hashes(tmp_path / "run")
     config = tiny_config(tmp_path, corpus, **SETTINGS, resume_from=str(checkpoints / "checkpoint-36"))
     code, err = exit_of(capsys, config_flags(config))
-    assert code == 1 and f"{checkpoints / 'checkpoint-36' / 'optimizer.bin'} is truncated" in err
+    assert code == 1 and f"{checkpoints / 'checkpoint-36' / message}" in err  # a broken file: 1, not 2
     assert f"resume from the previous intact checkpoint instead: --resume-from {checkpoints / 'checkpoint-34'}" in err
     assert tree_hashes(tmp_path / "run") == before  # nothing was touched
 
