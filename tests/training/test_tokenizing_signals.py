@@ -80,7 +80,9 @@ def test_a_killed_writers_hidden_folder_is_removed_by_the_next_run(tmp_path):
     assert hidden_writers(tmp_path / "cache") == []
 
 
+@pytest.mark.slow
 def test_tokenizing_on_two_workers_ends_without_a_worker_traceback(tmp_path):
+    # The pool's own SIGTERM to its idle workers at a normal end printed their tracebacks too (a race, often won).
     child = start(tmp_path)
     _, err = child.communicate(timeout=300)
     assert child.returncode == 0 and "Traceback" not in err, err[-3000:]
