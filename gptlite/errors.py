@@ -26,6 +26,7 @@ __all__ = [
     "EXIT_USAGE",
     "InputFileError",
     "Interrupted",
+    "RunFailure",
     "UsageError",
     "exit_code",
     "exit_status",
@@ -44,6 +45,13 @@ class UsageError(ValueError):
 
 class InputFileError(ValueError):
     """A file that was found cannot be used (exit status 1); the message names the file and where in it."""
+
+
+class RunFailure(ValueError):
+    """Something failed while running (exit status 1): e.g. a training run that diverged; the message says where.
+
+    A ValueError, like :class:`InputFileError`, so that every command's existing one-line handling catches it.
+    """
 
 
 class Interrupted(KeyboardInterrupt):
@@ -87,7 +95,7 @@ def exit_status(err: BaseException) -> int:
         return exit_code(err.signum)
     if isinstance(err, KeyboardInterrupt):
         return EXIT_INTERRUPTED
-    if isinstance(err, InputFileError):
+    if isinstance(err, (InputFileError, RunFailure)):
         return EXIT_FAILURE
     if isinstance(err, (FileNotFoundError, NotADirectoryError, IsADirectoryError)):
         return EXIT_USAGE  # a path on the command line that is not there, or not what it must be

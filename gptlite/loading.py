@@ -32,7 +32,7 @@ from .configuration_gptlite import GPTLiteConfig
 from .errors import InputFileError, UsageError, one_line
 from .modeling_gptlite import GPTLiteForCausalLM
 
-__all__ = ["ARCHITECTURE", "load_model", "model_folder", "read_model_config"]
+__all__ = ["ARCHITECTURE", "first_non_finite", "load_model", "model_folder", "read_model_config"]
 
 # The fields that decide a model's parameter shapes (TrainConfig's architecture flags, plus the context).
 ARCHITECTURE = ("emb_dim", "n_layers", "n_heads", "qkv_bias", "tie_word_embeddings", "context_length")
@@ -128,21 +128,23 @@ def read_model_config(folder: str | os.PathLike[str]) -> tuple[str, GPTLiteConfi
     )
 
 
-def _check_gptlite_weights(folder: Path, config: GPTLiteConfig) -> None:
+def _check_gptlite_weights(folder: Path, config: GPTLiteConfig, notice: Callable[[str], None] | None) -> None:
     from .conversion.common import book_named, check_gptlite_source
     from .conversion.storage import ConversionError, open_weights
 
     try:  # the check speaks the book's names, whether the folder's trunk is under `model.` or not
-        check_gptlite_source(config, book_named(open_weights(folder)), described_by=str(folder / "config.json"))
+        source = book_named(open_weights(folder, notice))  # the file from_pretrained reads below
+        check_gptlite_source(config, source, described_by=str(folder / "config.json"))
     except FileNotFoundError as err:  # a config without weights
         raise InputFileError(one_line(err)) from None
     except ConversionError as err:  # unreadable file, missing/extra tensor, wrong shape: the message names it
         raise InputFileError(one_line(err)) from None
 
 
-def _load_gptlite(folder: Path, dtype: torch.dtype, overrides: Mapping[str, Any], attn: str | None):
+def _load_gptlite(folder: Path, dtype: torch.dtype, overrides: Mapping[str, Any], attn: str | None,
+                  notice: Callable[[str], None] | None):
     config = _gptlite_config(folder, overrides)
-    _check_gptlite_weights(folder, config)
+    _check_gptlite_weights(folder, config, notice)
     options = {} if attn is None else {"attn_implementation": attn}
     try:
         return GPTLiteForCausalLM.from_pretrained(folder, config=config, dtype=dtype, **options)
@@ -158,12 +160,13 @@ def _owning(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def _load_gpt2(folder: Path, dtype: torch.dtype, overrides: Mapping[str, Any], attn: str | None):
+def _load_gpt2(folder: Path, dtype: torch.dtype, overrides: Mapping[str, Any], attn: str | None,
+               notice: Callable[[str], None] | None):
     from .conversion.hf import gpt2_state_dict_in_memory
     from .conversion.storage import ConversionError
 
     try:  # read_model_config has already refused GPT-2 options gptlite cannot express (exit 2)
-        config, state_dict = gpt2_state_dict_in_memory(folder)
+        config, state_dict = gpt2_state_dict_in_memory(folder, notice=notice)
     except (ConversionError, FileNotFoundError) as err:  # unreadable file, missing or wrongly shaped tensor
         raise InputFileError(one_line(err)) from None
     for key, value in overrides.items():
@@ -180,6 +183,25 @@ def _load_gpt2(folder: Path, dtype: torch.dtype, overrides: Mapping[str, Any], a
     if attn is not None:
         model.set_attn_implementation(attn)
     return model
+
+
+def first_non_finite(model: torch.nn.Module) -> str | None:
+    """The name of the first parameter of ``model`` holding a NaN or an infinity (None if none does).
+
+    Parameters only: a buffer may hold -inf on purpose (an attention mask).
+    """
+    for name, tensor in model.named_parameters():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
+
+
+def _check_finite(model: torch.nn.Module, folder: Path) -> None:
+    # A model saved by a run that diverged loads fine and generates "!!!!" with exit 0: refuse it here instead.
+    name = first_non_finite(model)
+    if name is not None:
+        raise InputFileError(f"{folder}: tensor {name} holds NaN or infinite values, so the model cannot compute "
+                             "anything (saved by a training run that diverged?)")
 
 
 def load_model(
@@ -199,19 +221,21 @@ def load_model(
         overrides: config fields to change that do not change shapes (``drop_rate``).
         attn_implementation: ``"sdpa"`` or ``"eager"`` (default: the model's).
         cache_dir: Hugging Face cache for Hub downloads.
-        notice: called with the one line saying that a GPT-2 folder was converted (None: print it on stderr).
+        notice: called with the one-line notices (a GPT-2 folder converted; a folder holding more than one weights
+            file, naming the one read) (None: print them on stderr).
 
     Raises:
         UsageError: `source` cannot be found, is not a model folder, or is a kind of model gptlite does not run.
         InputFileError: a file of the model is broken (bad JSON, a truncated weights file, a missing or
-            wrongly shaped tensor); the message names the file and the tensor.
+            wrongly shaped tensor, a tensor holding NaN or infinity); the message names the file and the tensor.
     """
     overrides = dict(overrides or {})
     folder = model_folder(source, cache_dir)
     model_type, _ = read_model_config(folder)
     if model_type == "gpt2":
-        model = _load_gpt2(folder, dtype, overrides, attn_implementation)
+        model = _load_gpt2(folder, dtype, overrides, attn_implementation, notice)
         (notice or _notice)(f"{os.fspath(source)} is a GPT-2 folder (model_type gpt2): converted to gptlite in memory")
     else:
-        model = _load_gptlite(folder, dtype, overrides, attn_implementation)
+        model = _load_gptlite(folder, dtype, overrides, attn_implementation, notice)
+    _check_finite(model, folder)
     return model.eval()

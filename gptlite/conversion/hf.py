@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ from .common import (
 from .configs import from_gpt2_config, read_gpt2_config
 from .download import hub_snapshot
 from .output import check_conversion_output
-from .storage import ConversionError, TensorSource, open_weights
+from .storage import ConversionError, TensorSource, open_weights, weights_files
 
 __all__ = ["from_hf", "gpt2_state_dict_in_memory", "open_hf_checkpoint"]
 
@@ -69,11 +70,12 @@ def open_hf_checkpoint(src: str | Path, cache_dir: str | Path | None = None) -> 
     return hub_snapshot(str(src), cache_dir=cache_dir)
 
 
-def _checked_checkpoint(folder: Path) -> tuple[GPTLiteConfig, _GPT2Checkpoint]:
+def _checked_checkpoint(folder: Path, notice: Callable[[str], None] | None = None
+                        ) -> tuple[GPTLiteConfig, _GPT2Checkpoint]:
     """The gptlite config of a GPT-2 folder and its tensors, every one checked against the name table."""
     gpt2_config = read_gpt2_config(folder / "config.json")
     config = from_gpt2_config(gpt2_config, where=str(folder / "config.json"))
-    checkpoint = _GPT2Checkpoint(open_weights(folder))
+    checkpoint = _GPT2Checkpoint(open_weights(folder, notice))  # the file transformers reads
     found = checkpoint.shapes()
 
     model = meta_model(GPTLiteForCausalLM, config, torch.float32)
@@ -129,15 +131,17 @@ def from_hf(
         if verify:
             from transformers import GPT2LMHeadModel
 
-            from .verify import verify_gptlite
+            from .verify import verify_gptlite, weights_file_read
 
-            reference = GPT2LMHeadModel.from_pretrained(folder, dtype=torch.float32)
-            result.max_logit_diff, result.tolerance = verify_gptlite(reference, tmp, out_dtype, out)
+            with weights_file_read() as read_by_transformers:
+                reference = GPT2LMHeadModel.from_pretrained(folder, dtype=torch.float32)
+            sources = (weights_files(folder)[0], read_by_transformers[0] if read_by_transformers else None)
+            result.max_logit_diff, result.tolerance = verify_gptlite(reference, tmp, out_dtype, out, sources)
     return result
 
 
 def gpt2_state_dict_in_memory(
-    src: str | Path, cache_dir: str | Path | None = None
+    src: str | Path, cache_dir: str | Path | None = None, notice: Callable[[str], None] | None = None
 ) -> tuple[GPTLiteConfig, dict[str, torch.Tensor]]:
     """What `from_hf` would write, without writing: the gptlite config and state dict of a GPT-2 checkpoint.
 
@@ -146,6 +150,8 @@ def gpt2_state_dict_in_memory(
 
     Raises:
         ConversionError: for options gptlite cannot express, and missing or wrongly shaped tensors.
+
+    `notice` gets the one line naming the file read when the folder holds several (None: stderr).
     """
-    config, checkpoint = _checked_checkpoint(open_hf_checkpoint(src, cache_dir))
+    config, checkpoint = _checked_checkpoint(open_hf_checkpoint(src, cache_dir), notice)
     return config, dict(gpt2_tensors_to_gptlite(config, checkpoint.get))

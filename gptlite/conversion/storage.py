@@ -14,6 +14,7 @@ import mmap
 import os
 import pickle
 import struct
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -28,10 +29,12 @@ __all__ = [
     "FlagError",
     "open_weights",
     "RenamedSource",
+    "ShardedSource",
     "SafetensorsSource",
     "StateDictSource",
     "TensorSource",
     "load_torch_file",
+    "weights_files",
     "write_safetensors",
 ]
 
@@ -313,19 +316,71 @@ def write_safetensors(
         partial.unlink(missing_ok=True)
 
 
-def open_weights(folder: Path) -> TensorSource:
-    """The weights of a `save_pretrained` folder: model.safetensors (sharded or not) or pytorch_model.bin."""
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as err:
-            raise ConversionError(f"{index}: not a safetensors index (no weight_map: {err})") from None
-        return SafetensorsSource([folder / name for name in sorted(set(weight_map.values()))])
-    if (folder / "model.safetensors").is_file():
-        return SafetensorsSource([folder / "model.safetensors"])
-    if (folder / "pytorch_model.bin").is_file():
-        return load_torch_file(folder / "pytorch_model.bin")
-    raise FileNotFoundError(
-        f"{folder}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin"
-    )
+# The weights files of a save_pretrained folder, in the order transformers' from_pretrained picks them
+# (modeling_utils._get_resolved_checkpoint_files): a single file over an index, safetensors over pickles.
+WEIGHTS_FILES = (
+    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
+)
+
+
+def weights_files(folder: Path) -> tuple[Path, list[Path]]:
+    """The weights file of `folder` that transformers reads, and the other candidates that are there (ignored).
+
+    Raises:
+        FileNotFoundError: naming the folder, when it holds none of them.
+    """
+    present = [folder / name for name in WEIGHTS_FILES if (folder / name).is_file()]
+    if not present:
+        raise FileNotFoundError(f"{folder}: no {', '.join(WEIGHTS_FILES[:-1])} or {WEIGHTS_FILES[-1]}")
+    return present[0], present[1:]
+
+
+def _index_shards(index: Path) -> list[Path]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [index.parent / name for name in sorted(set(weight_map.values()))]
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as err:
+        raise ConversionError(f"{index}: not a weights index (no weight_map: {err})") from None
+
+
+class ShardedSource:
+    """The tensors of several sources (the shards of one pickled checkpoint), each named by its own file."""
+
+    def __init__(self, sources: Sequence[TensorSource], path: Path):
+        self.path = path
+        self._owner = {name: source for source in sources for name in source.names()}
+
+    def names(self) -> set[str]:
+        return set(self._owner)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._owner[name].shape(name)
+
+    def file_of(self, name: str) -> Path:
+        return self._owner[name].path if name in self._owner else self.path
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._owner[name].get(name)
+
+
+def _notice(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def open_weights(folder: Path, notice: Callable[[str], None] | None = None) -> TensorSource:
+    """The weights of a `save_pretrained` folder, read from the file transformers reads (:func:`weights_files`).
+
+    A folder that also holds other weights files (a newer save copied over older shards, say) gets a one-line
+    `notice` (None: stderr) naming what is read and what is not.
+    """
+    chosen, ignored = weights_files(folder)
+    if ignored:
+        (notice or _notice)(f"{folder} holds {', '.join(p.name for p in [chosen, *ignored])}: reading {chosen.name}, "
+                            "as transformers' from_pretrained does")
+    if chosen.name == "model.safetensors":
+        return SafetensorsSource([chosen])
+    if chosen.name == "model.safetensors.index.json":
+        return SafetensorsSource(_index_shards(chosen))
+    if chosen.name == "pytorch_model.bin":
+        return load_torch_file(chosen)
+    return ShardedSource([load_torch_file(shard) for shard in _index_shards(chosen)], chosen)

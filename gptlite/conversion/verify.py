@@ -20,7 +20,9 @@ verify a float32 conversion to check those.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -37,6 +39,7 @@ __all__ = [
     "sample_tokens",
     "verify",
     "verify_gptlite",
+    "weights_file_read",
 ]
 
 RELATIVE_TOLERANCE = {torch.float32: 1e-4, torch.float16: 1.25e-2, torch.bfloat16: 1e-1}
@@ -74,10 +77,55 @@ def max_logit_difference(reference: PreTrainedModel, candidate: PreTrainedModel)
     return (ours - theirs).abs().max().item()
 
 
+@contextmanager
+def weights_file_read() -> Iterator[list[str]]:
+    """Within the block, collect the weights file each `from_pretrained` of a local folder reads.
+
+    transformers says which file it picked only in an info-level log line ("loading weights file PATH"); it is
+    caught here, and the logger's other info lines stay as silent as before (warnings still pass).
+    """
+    logger = logging.getLogger("transformers.modeling_utils")
+    found: list[str] = []
+
+    def catch(record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith(_LOADING):
+            found.append(message.removeprefix(_LOADING).split(" from cache at ")[-1])
+        return record.levelno >= level_before
+
+    level_before = logger.getEffectiveLevel()
+    previous = logger.level
+    logger.addFilter(catch)
+    logger.setLevel(min(level_before, logging.INFO))
+    try:
+        yield found
+    finally:
+        logger.removeFilter(catch)
+        logger.setLevel(previous)
+
+
+_LOADING = "loading weights file "
+
+
+def _sources_part(sources: tuple[str | Path, str | Path | None] | None) -> str:
+    # `sources`: the weights file the conversion read, and the one transformers' reference loaded.
+    if sources is None:
+        return "the conversion is wrong"
+    ours, theirs = (str(p) if p is not None else "an unknown file" for p in sources)
+    if sources[1] is not None and Path(sources[0]).resolve() == Path(sources[1]).resolve():
+        return f"the conversion of {ours} (which transformers read too) is wrong"
+    return (f"the sources disagree: the conversion read {ours} but transformers reads {theirs}, so the folder "
+            "holds two different models")
+
+
 def verify(
-    reference: PreTrainedModel, candidate: PreTrainedModel, dtype: torch.dtype, where: str | Path
+    reference: PreTrainedModel, candidate: PreTrainedModel, dtype: torch.dtype, where: str | Path,
+    sources: tuple[str | Path, str | Path | None] | None = None,
 ) -> tuple[float, float]:
     """The largest logit difference and the tolerance for weights written in `dtype`.
+
+    `sources`, if known, are the weights file the conversion read and the one `reference` was loaded from: the
+    failure names both.
 
     Raises:
         VerificationFailed: when the difference exceeds the tolerance (or is not a number), naming `where`.
@@ -91,17 +139,18 @@ def verify(
         raise VerificationFailed(
             f"{where}: --verify: largest logit difference between source and result is {diff:.3g}, above the "
             f"{name} tolerance {tolerance:.3g} ({RELATIVE_TOLERANCE[dtype]:g} x largest |logit| {scale:.3g}); "
-            "the conversion is wrong and was not written"
+            f"{_sources_part(sources)}, and it was not written"
         )
     return diff, tolerance
 
 
 def verify_gptlite(
-    reference: PreTrainedModel, folder: str | Path, dtype: torch.dtype, where: str | Path
+    reference: PreTrainedModel, folder: str | Path, dtype: torch.dtype, where: str | Path,
+    sources: tuple[str | Path, str | Path | None] | None = None,
 ) -> tuple[float, float]:
     """Load the converted gptlite `folder` in float32 and `verify` it against `reference`."""
     candidate = GPTLiteForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    return verify(reference, candidate, dtype, where)
+    return verify(reference, candidate, dtype, where, sources)
 
 
 def gpt2_from_tensors(config: GPT2Config, tensors: Iterable[tuple[str, torch.Tensor]]) -> GPT2LMHeadModel:

@@ -102,6 +102,7 @@ def train_book_exact(config: TrainConfig):
     """Run the book's chapter-5 or appendix-D loop; write what :func:`~gptlite.training.loop.train` writes."""
     from gptlite.tokenization import get_hf_tokenizer, get_tokenizer
     from gptlite.training.data import build_dataloaders
+    from gptlite.training.divergence import check_finite
     from gptlite.training.evaluation import sample_text
     from gptlite.training.monitoring import History, Progress
     from gptlite.training.outputs import TrainResult, save_outputs
@@ -144,6 +145,9 @@ def train_book_exact(config: TrainConfig):
     tokens_seen, global_step = 0, -1
     word = "Step" if listing == "chapter 5" else "Iter"  # each listing's own evaluation line
 
+    def where() -> dict:  # what a divergence error says besides the step (book-exact keeps no checkpoints)
+        return {"total_steps": total_steps, "lr": schedule.lr(global_step), "peak_lr": config.peak_lr}
+
     def evaluate(epoch: int, step_in_epoch: int) -> None:  # the book's evaluate_model
         model.eval()
         with torch.no_grad():
@@ -151,6 +155,8 @@ def train_book_exact(config: TrainConfig):
             val_loss = (None if val_loader is None
                         else book_calc_loss_loader(val_loader, model, device, num_batches=config.eval_iter))
         model.train()
+        for what, value in (("the training loss", train_loss), ("the validation loss", val_loss)):
+            check_finite(f"{what} of the evaluation", value, global_step + 1, where, after=True)
         history.record_eval(global_step, epoch + step_in_epoch / steps_per_epoch, tokens_seen, train_loss, val_loss)
         progress.evaluation(epoch, global_step, tokens_seen, train_loss, val_loss, word=word, with_perplexity=False)
 
@@ -170,6 +176,7 @@ def train_book_exact(config: TrainConfig):
                 torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=config.grad_clip)
             optimizer.step()
             tokens_seen += input_batch.numel()
+            check_finite("the training loss", loss.item(), global_step + 1, where)
             history.record_step(lr, loss.item())
             progress.end_step(global_step + 1, history.step_loss[-1], lr, input_batch.numel())
             if global_step % config.eval_freq == 0:

@@ -27,7 +27,10 @@ from typing import Any
 
 import torch
 
+from gptlite.errors import InputFileError, one_line
 from gptlite.folders import FolderWriteError, write_failure
+from gptlite.training.checkpoint_files import checkpoint_damage, file_sizes
+from gptlite.training.data_identity import describe_change
 
 # Accelerate drops the tied output head from a checkpoint's safetensors, then warns "This should be OK, but check
 # ... while reloading" at every checkpoint. For gptlite's own tie it is OK: loading ties the head again
@@ -44,11 +47,14 @@ logging.getLogger("accelerate.utils.other").addFilter(_drop_tied_head_warning)
 __all__ = [
     "TRAINER_STATE_NAME",
     "TrainerState",
+    "check_intact",
     "check_resumable",
     "checkpoints_dir",
     "latest_checkpoint",
     "list_checkpoints",
+    "load_checkpoint",
     "load_trainer_state",
+    "newest_intact_checkpoint",
     "prune_checkpoints",
     "remove_partial_checkpoints",
     "resolve_resume",
@@ -86,6 +92,10 @@ class TrainerState:
     """The run that wrote the checkpoint (None: written before gptlite recorded runs)."""
     architecture: dict[str, Any] = field(default_factory=dict)
     """The trained model's architecture (the :data:`ARCHITECTURE` fields of its config)."""
+    data: dict[str, Any] = field(default_factory=dict)
+    """What the run trains on: the sources in words and a fingerprint of their content (:mod:`.data_identity`)."""
+    files: dict[str, int] = field(default_factory=dict)
+    """Every other file of the checkpoint and its size, checked before resuming (:mod:`.checkpoint_files`)."""
 
 
 # GPTLiteConfig fields that fix the shapes or the meaning of the weights: a resume must not change them.
@@ -135,6 +145,59 @@ def latest_checkpoint(output_dir: str | os.PathLike[str], run_id: str | None = N
     return found[-1] if found else None
 
 
+_DAMAGED_SUFFIX = ".damaged"
+
+
+def _step(checkpoint: Path) -> int:
+    match = _NAME.match(checkpoint.name)
+    return int(match.group(1)) if match else -1
+
+
+def newest_intact_checkpoint(output_dir: str | os.PathLike[str], run_id: str | None,
+                             notices: list[str]) -> Path | None:
+    """The newest checkpoint of run ``run_id`` whose files are all whole (None if it has none).
+
+    Newer damaged ones are renamed ``checkpoint-N.damaged`` (so that neither a later ``latest`` nor pruning takes
+    them for the run's newest) and a notice says why. If every checkpoint is damaged, the error names the newest.
+    """
+    found = list_checkpoints(output_dir, run_id)
+    damaged: list[tuple[Path, str]] = []
+    for path in reversed(found):
+        damage = checkpoint_damage(path)
+        if damage is None:
+            for bad, why in damaged:
+                aside = _set_aside(bad)
+                notices.append(f"--resume-from latest: {why}; resuming from {path.name} instead (the damaged "
+                               f"checkpoint is kept as {aside.name})")
+            return path
+        damaged.append((path, damage))
+    if damaged:
+        raise InputFileError(f"--resume-from latest: no checkpoint of this run can be resumed; the newest: "
+                             f"{damaged[0][1]}; pass --overwrite to start the run again, or another --output-dir")
+    return None
+
+
+def _set_aside(checkpoint: Path) -> Path:
+    aside, n = checkpoint.with_name(checkpoint.name + _DAMAGED_SUFFIX), 1
+    while aside.exists():  # an earlier resume set another copy of this step aside: keep both
+        n += 1
+        aside = checkpoint.with_name(f"{checkpoint.name}{_DAMAGED_SUFFIX}-{n}")
+    os.replace(checkpoint, aside)
+    return aside
+
+
+def check_intact(checkpoint: Path) -> None:
+    """Refuse to resume a damaged ``checkpoint`` (InputFileError naming the file and an earlier intact one)."""
+    damage = checkpoint_damage(checkpoint)
+    if damage is None:
+        return
+    earlier = [p for p in list_checkpoints(checkpoint.parent.parent) if _step(p) < _step(checkpoint)]
+    intact = next((p for p in reversed(earlier) if checkpoint_damage(p) is None), None)
+    instead = (f"resume from the previous intact checkpoint instead: --resume-from {intact}" if intact is not None
+               else "no earlier intact checkpoint is beside it")
+    raise InputFileError(f"--resume-from {checkpoint}: {damage}; {instead}")
+
+
 def resolve_resume(resume_from: str | None, output_dir: str | os.PathLike[str]) -> Path | None:
     """The checkpoint ``--resume-from`` names: ``latest`` (None if the run has none yet) or a folder.
 
@@ -181,6 +244,9 @@ def check_resumable(saved: TrainerState, now: TrainerState, checkpoint: Path) ->
             raise ValueError(f"--resume-from {checkpoint}: the checkpoint's model has {name} {before!r}, this run "
                              f"would build {after!r} ({named}); resume with the checkpoint's {named} or start a new "
                              "run in another --output-dir")
+    change = describe_change(saved.data, now.data)
+    if change is not None:  # another corpus with as many steps per epoch would pass every check below
+        raise ValueError(change)
     # The processes and --grad-accum matter only through their product: an optimizer step takes global
     # batches k*P*A .. (k+1)*P*A - 1 of the epoch's order, whichever process trains which (loop docstring).
     saved_accum, accum = saved.config.get("grad_accum"), now.config.get("grad_accum")
@@ -202,6 +268,19 @@ def check_resumable(saved: TrainerState, now: TrainerState, checkpoint: Path) ->
     for what, (before, after) in same.items():
         if before is not None and before != after:
             raise ValueError(f"--resume-from: the checkpoint was written with {what} {before}, this run has {after}")
+
+
+def load_checkpoint(accelerator, checkpoint: Path, num_processes: int) -> None:
+    """``accelerator.load_state(checkpoint)`` (every process; ``num_processes`` wrote it), its files checked
+    beforehand (:func:`check_intact`): what still fails is one line naming the checkpoint, and random states
+    that were not restored are an error, not accelerate's info-level log line."""
+    from gptlite.training.checkpoint_files import check_rng_restored
+
+    try:
+        accelerator.load_state(str(checkpoint))
+    except Exception as err:  # noqa: BLE001 - library errors of every kind; the files were checked whole
+        raise InputFileError(f"--resume-from {checkpoint}: cannot be loaded ({one_line(err)})") from None
+    check_rng_restored(checkpoint, accelerator.process_index, num_processes)
 
 
 def remove_partial_checkpoints(output_dir: str | os.PathLike[str]) -> list[Path]:
@@ -266,7 +345,9 @@ def save_checkpoint(
         _give_up(accelerator, failure, tmp, final, previous)
     if accelerator.is_main_process:
         try:
-            # Written last: a folder with trainer_state.json is complete (list_checkpoints relies on it).
+            # Written last: a folder with trainer_state.json is complete (list_checkpoints relies on it), and it
+            # records the size of every other file, so that a truncated or missing one is found before resuming.
+            state.files = file_sizes(tmp)
             (tmp / TRAINER_STATE_NAME).write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
             fsync_tree(tmp)
         except Exception as err:  # noqa: BLE001

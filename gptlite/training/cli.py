@@ -7,8 +7,9 @@ Several processes: ``accelerate launch --multi_gpu --num_processes N -m gptlite.
 also works on a machine without GPUs, where the processes train on CPU).
 
 Exit codes: 0 done; 2 a usage error (bad flags or settings, a refused output folder, a checkpoint that
-does not fit the run); 1 a run-time failure (disk full); 130 / 143 stopped by SIGINT / SIGTERM. Each
-failure is one line on stderr, never a traceback.
+does not fit the run or its data, a tracker that is not installed); 1 a run-time failure (disk full, an output
+folder that cannot be written, a damaged checkpoint, a run that diverged); 130 / 143 stopped by SIGINT /
+SIGTERM. Each failure is one line on stderr, never a traceback.
 """
 
 from __future__ import annotations

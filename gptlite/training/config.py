@@ -8,6 +8,7 @@ the Python documentation that CPython ships (``pydoc_data.topics``) in a few min
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from gptlite.configuration_gptlite import _PRESET_ALIASES, _PRESETS, GPTLiteConfig
@@ -173,11 +174,12 @@ class TrainConfig:
         _check(0.0 <= self.drop_rate < 1.0, "drop_rate", "in [0, 1)", self)
         _check(0.0 < self.train_ratio <= 1.0, "train_ratio", "in (0, 1]", self)
         _check(0.0 <= self.warmup_ratio <= 1.0, "warmup_ratio", "in [0, 1]", self)
-        for name in ("initial_lr", "peak_lr", "min_lr"):
-            _check(getattr(self, name) >= 0, name, ">= 0", self)
+        # inf passes ">= 0" but trains NaN weights from the first step: every rate must be a finite number.
+        for name in ("initial_lr", "peak_lr", "min_lr", "weight_decay"):
+            _check(_finite(getattr(self, name)) and getattr(self, name) >= 0, name, "a finite number >= 0", self)
         _check(self.peak_lr > 0, "peak_lr", "> 0", self)
-        _check(self.weight_decay >= 0, "weight_decay", ">= 0", self)
-        _check(self.grad_clip is None or self.grad_clip > 0, "grad_clip", "> 0 (or none)", self)
+        _check(self.grad_clip is None or _finite(self.grad_clip) and self.grad_clip > 0, "grad_clip",
+               "a finite number > 0 (or none)", self)
         _check(self.schedule in SCHEDULES, "schedule", f"one of {', '.join(SCHEDULES)}", self)
         _check(self.clip_mode in CLIP_MODES, "clip_mode", f"one of {', '.join(CLIP_MODES)}", self)
         _check(self.initializer in _INITIALIZERS, "initializer", f"one of {', '.join(_INITIALIZERS)}", self)
@@ -250,6 +252,10 @@ class TrainConfig:
     def to_dict(self) -> dict:
         """Plain values (JSON/YAML-ready), as written to ``train_config.json`` and read back by ``--config``."""
         return dataclasses.asdict(self)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _check(ok: bool, name: str, what: str, config: TrainConfig) -> None:

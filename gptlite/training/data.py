@@ -22,8 +22,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
-import tempfile
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from gptlite.folders import fsync_tree
+from gptlite.folders import fsync_tree, process_alive
 from gptlite.training.sources import TextSource, resolve_files, single_document
 from gptlite.training.token_cache import (
     SHARD_TOKENS,
@@ -196,6 +197,25 @@ def _write_splits(config: DataConfig, train: TextSource, val: TextSource | None,
     return {"train": train_split, "val": val_split}
 
 
+_WRITER_TAG = ".tmp-"
+_WRITER = re.compile(r"^\.[0-9a-f]+\.tmp-(?P<pid>\d+)-(?P<host>.+)$")
+
+
+def remove_stale_writers(folder: Path) -> list[Path]:
+    """Delete the hidden folders of cache writers that are gone (killed while tokenizing); return them.
+
+    A writer on another host counts as alive: its process cannot be seen from here.
+    """
+    stale = []
+    if folder.is_dir():
+        for path in folder.iterdir():
+            match = _WRITER.match(path.name)
+            if match and not process_alive(int(match["pid"]), match["host"]):
+                shutil.rmtree(path, ignore_errors=True)
+                stale.append(path)
+    return stale
+
+
 def _open_split(entry: Path, split: dict | None) -> TokenShards | None:
     if split is None:
         return None
@@ -217,10 +237,14 @@ def load_token_splits(
     train, val = train_source(config), validation_source(config)
     folder = Path(config.cache_dir) if config.cache_dir is not None else default_cache_dir()
     entry = folder / _cache_key(config, train, val)
+    remove_stale_writers(folder)
     if not (entry / "meta.json").is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        # Written in a hidden sibling and renamed whole: a cache entry is complete or absent.
-        tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=folder))
+        # Written in a hidden sibling and renamed whole: a cache entry is complete or absent. The sibling is named
+        # after its writer, so that a later run can tell a killed writer's leftover from a live one's work.
+        tmp = folder / f".{entry.name}{_WRITER_TAG}{os.getpid()}-{socket.gethostname()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
         try:
             splits = _write_splits(config, train, val, tmp, shard_tokens)
             meta = {"version": CACHE_VERSION, "train": train.describe(),
@@ -249,9 +273,27 @@ def _too_few_tokens(name: str, n_tokens: int, context_length: int, hint: str) ->
     )
 
 
+def _data_words(source: TextSource) -> str:
+    """The data in words for an error: which file(s) or data set, and which of the files are empty."""
+    if source.dataset is not None or not source.files:
+        return source.describe()
+    empty = [str(p) for p in source.files if p.stat().st_size == 0]
+    if len(source.files) == 1:
+        return f"{source.files[0]}{' (an empty file)' if empty else ''}"
+    said = f"{len(source.files)} files ({source.files[0]}, ...)"
+    if empty:
+        named = ", ".join(empty[:3]) + (", ..." if len(empty) > 3 else "")
+        said += f", of which {named} {'is' if len(empty) == 1 else 'are'} empty"
+    return said
+
+
 def _hints(config: DataConfig) -> tuple[str, str]:
+    """What to do about a split too short for one window, and which data it came from (the culprit named)."""
+    train, val = train_source(config), validation_source(config)
     val_hint = "add validation data" if config.has_validation_source else "raise the validation share"
-    return "lower --context-length or add training data", f"lower --context-length or {val_hint}"
+    val_data = _data_words(val) if val is not None else f"split off {_data_words(train)}"
+    return (f"lower --context-length or add training data (the training data: {_data_words(train)})",
+            f"lower --context-length or {val_hint} (the validation data: {val_data})")
 
 
 @dataclass(frozen=True)
@@ -335,7 +377,7 @@ def build_dataloaders(
             raise ValueError(
                 f"training split gives {len(train_ds)} window(s) of {config.context_length} tokens, fewer than "
                 f"one batch of {batch_size} (the last incomplete batch is dropped); lower --batch-size or "
-                "--context-length, or add training data"
+                f"--context-length, or add training data (the training data: {_data_words(train_source(config))})"
             )
         generator = None if seed is None else torch.Generator().manual_seed(seed)
         train_loader = DataLoader(

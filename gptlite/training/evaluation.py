@@ -125,6 +125,7 @@ def evaluate_model(
     from gptlite.loading import load_model
     from gptlite.speedups import speed_up
     from gptlite.training.data import DataConfig, build_datasets
+    from gptlite.training.preflight import check_vocabulary
     from gptlite.training.runtime import make_accelerator
 
     if split not in ("all", "train", "validation"):
@@ -136,6 +137,7 @@ def evaluate_model(
     accelerator = make_accelerator(mixed_precision=mixed_precision)
     quiet = None if accelerator.is_main_process else (lambda message: None)  # one notice, not one per process
     lm = speed_up(load_model(model, dtype=torch.float32, notice=quiet).to(accelerator.device).eval())
+    check_vocabulary(lm.config.vocab_size, f"the model {model}")
     length = context_length or lm.config.context_length
     if length > lm.config.context_length:
         raise ValueError(f"--context-length {length} exceeds the model's context_length {lm.config.context_length}")

@@ -25,12 +25,21 @@ from itertools import islice
 import torch
 from torch.utils.data import IterableDataset
 
-from gptlite.training.checkpointing import TrainerState, check_resumable, load_trainer_state, model_architecture
+from gptlite.training.checkpointing import (
+    TrainerState,
+    check_resumable,
+    load_checkpoint,
+    load_trainer_state,
+    model_architecture,
+)
 from gptlite.training.clipping import clip_grad_norm
 from gptlite.training.config import TrainConfig
+from gptlite.training.data_identity import data_identity
+from gptlite.training.divergence import check_finite, check_finite_weights
 from gptlite.training.evaluation import evaluation_batches, loss_sums, sample_text, token_loss_sum
 from gptlite.training.monitoring import History, Progress
 from gptlite.training.outputs import TrainResult, save_outputs
+from gptlite.training.preflight import check_trackers
 from gptlite.training.run_folder import RunFolder, claim_run_folder
 from gptlite.training.runtime import (
     build_model,
@@ -56,6 +65,7 @@ def train(config: TrainConfig) -> TrainResult:
             there before is intact.
         TrainingStopped: SIGINT or SIGTERM stopped the run after a step; it names the checkpoint to resume.
     """
+    check_trackers(config.report_to)  # before anything is written or read
     if config.book_exact:  # the book's chapter-5 loop, draw for draw
         from gptlite.training.book_exact import train_book_exact
 
@@ -63,12 +73,15 @@ def train(config: TrainConfig) -> TrainResult:
     started = time.perf_counter()
     accelerator = make_accelerator(config.mixed_precision, config.grad_accum, config.report_to, config.output_dir)
     run = claim_run_folder(config, accelerator)
+    session = None
     try:
         session = _Session.set_up(config, accelerator, run)
         session.restore()
         session.train_steps()
         return session.finish(started)
     finally:
+        if session is not None and session.progress is not None:
+            session.progress.close()  # now, or tqdm redraws the bar after the error line at exit
         run.release()
 
 
@@ -137,7 +150,7 @@ class _Session:
         architecture = model_architecture(accelerator.unwrap_model(model).config)
         state = TrainerState(steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                              num_processes=accelerator.num_processes, config=config.to_dict(), run_id=run.run_id,
-                             architecture=architecture)
+                             architecture=architecture, data=data_identity(config.data_config(), train_ds, val_ds))
         return cls(config, accelerator, run, model, optimizer, loader, scheduler, schedule, train_ds, val_ds,
                    generator, streaming, steps_per_epoch, total_steps, state, History())
 
@@ -149,7 +162,7 @@ class _Session:
         if resume is not None:
             saved = load_trainer_state(resume)
             check_resumable(saved, state, resume)
-            accelerator.load_state(str(resume))
+            load_checkpoint(accelerator, resume, saved.num_processes)
             # load_state restores Accelerate's batch counter, which decides when gradients synchronise: count it
             # in this run's --grad-accum (a checkpoint of N processes resumed on M has another one).
             accelerator.step = saved.global_step * config.grad_accum
@@ -187,6 +200,9 @@ class _Session:
         if self.val_ds is not None:
             val_loss, n_val = _mean(loss_sums(lm, evaluation_batches(self.val_ds, *shards), accelerator))
         lm.train()
+        for what, loss, n in (("the training loss", train_loss, n_train), ("the validation loss", val_loss, n_val)):
+            if n:  # no batches: no measurement (NaN by convention), not a divergence
+                check_finite(f"{what} of the evaluation", loss, state.global_step, self.diverged_where, after=True)
         epoch = state.epoch + (state.step_in_epoch / self.steps_per_epoch if self.steps_per_epoch else 0)
         self.history.record_eval(step, epoch, state.tokens_seen, train_loss, val_loss)
         self.progress.evaluation(state.epoch, step, state.tokens_seen, train_loss, val_loss)
@@ -195,7 +211,15 @@ class _Session:
         self.evaluated_on = (f"on {every} {n} {split} batch(es) of --batch-size {config.batch_size} "
                              f"(--eval-iter {config.eval_iter})")
 
+    def diverged_where(self, lr: float | None = None) -> dict:
+        """What a divergence error says besides the step: the run's length, learning rates and kept checkpoint."""
+        last = self.run.latest_checkpoint() if self.saved_step is not None else None
+        return {"total_steps": self.total_steps, "lr": lr, "last_checkpoint": last or self.run.resume,
+                "peak_lr": self.config.peak_lr}
+
     def checkpoint(self) -> None:
+        # Never a checkpoint of NaN weights: it would resume into garbage (and prune a good one).
+        check_finite_weights(self.model, self.state.global_step, self.accelerator, self.diverged_where)
         self.state.history = self.history.to_dict()
         path = self.run.save_checkpoint(self.accelerator, self.state, self.config.keep_checkpoints)
         self.saved_step = self.state.global_step
@@ -221,7 +245,12 @@ class _Session:
                 if accelerator.sync_gradients:
                     if config.grad_clip is not None and should_clip(state.global_step, self.schedule.warmup_steps,
                                                                     config.clip_mode):
-                        clip_grad_norm(accelerator, model.parameters(), config.grad_clip)
+                        norm = clip_grad_norm(accelerator, model.parameters(), config.grad_clip)
+                        # Before the step: NaN gradients would make every weight NaN. (fp16's loss scaler expects
+                        # overflowing gradients now and then: it skips that step and lowers its scale.)
+                        if accelerator.scaler is None:
+                            check_finite("the gradient norm", norm, state.global_step + 1,
+                                         lambda: self.diverged_where(lr))
                     self.optimizer.step()
                     if not accelerator.optimizer_step_was_skipped:
                         self.scheduler.step()
@@ -229,6 +258,8 @@ class _Session:
         if not accelerator.sync_gradients:
             raise RuntimeError("gradients did not synchronise at the end of an optimizer step")
         loss = accelerator.reduce(loss_total, reduction="sum").item() / max(n_targets, 1)
+        # The loss is all-reduced: every process sees the same value and stops at the same step.
+        check_finite("the training loss", loss, state.global_step + 1, lambda: self.diverged_where(lr))
         state.global_step += 1
         state.step_in_epoch += 1
         state.tokens_seen += n_inputs

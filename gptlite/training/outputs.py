@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptlite.training.config import TrainConfig
+from gptlite.training.divergence import check_finite_weights
 from gptlite.training.monitoring import History
 
 __all__ = ["TrainResult", "save_outputs", "write_model_folder"]
@@ -65,6 +66,9 @@ def save_outputs(accelerator, model, config: TrainConfig, history: History, run,
     if not accelerator.is_main_process:
         return
     unwrapped = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+    # A final model of NaN weights would load and generate garbage without a word: refuse it, whichever loop ran.
+    check_finite_weights(unwrapped, len(history.lr), where=lambda: {"total_steps": total_steps,
+                                                                    "last_checkpoint": run.latest_checkpoint()})
     say = accelerator.print
     run.save_final(lambda folder: write_model_folder(folder, unwrapped, config, history, say), say=say)
     records = ", ".join(name for name in ("history.json", "loss.png", "lr.png") if (run.path / name).exists())

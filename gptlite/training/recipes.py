@@ -195,9 +195,11 @@ def _init_from_architecture(merged: dict[str, Any], level: dict[str, int]) -> di
     """
     from gptlite.errors import UsageError
     from gptlite.loading import model_folder, read_model_config
+    from gptlite.training.preflight import check_vocabulary
 
     source = merged["init_from"]
     _, config = read_model_config(model_folder(source))
+    check_vocabulary(config.vocab_size, f"--init-from {source}")  # now, not as an index error at the first step
     fixed = {key: getattr(config, key) for key in ARCHITECTURE_FIELDS}
     preset_given = merged.get("preset") is not None and level.get("preset", 0) >= 2
     for key in ARCHITECTURE_FIELDS:

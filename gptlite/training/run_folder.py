@@ -43,18 +43,21 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
 
-from gptlite.folders import FolderRefused, atomic_folder, fsync_tree, process_alive, write_failure
+from gptlite.errors import InputFileError
+from gptlite.folders import FolderRefused, FolderWriteError, atomic_folder, fsync_tree, process_alive, write_failure
 from gptlite.training.checkpointing import (
+    check_intact,
     checkpoint_run_id,
     latest_checkpoint,
     list_checkpoints,
+    newest_intact_checkpoint,
     prune_checkpoints,
     remove_partial_checkpoints,
     resolve_resume,
     save_checkpoint,
 )
 
-__all__ = ["LOCK_FILE", "RUN_FILE", "RunFolder", "claim_run_folder", "read_run_record"]
+__all__ = ["LOCK_FILE", "RUN_FILE", "RunFolder", "check_writable", "claim_run_folder", "read_run_record"]
 
 RUN_FILE = "run.json"
 LOCK_FILE = "run.lock"
@@ -176,11 +179,43 @@ def _foreign_files(folder: Path) -> list[str]:
     return sorted(names)
 
 
+def _cannot_write(out: Path, folder: Path, err: OSError, why: str) -> FolderWriteError:
+    failure = FolderWriteError(f"--output-dir {out}: cannot write in {folder} ({err.strerror or err}){why}; make it "
+                               "writable or choose another --output-dir")
+    failure.errno = err.errno
+    return failure
+
+
+def check_writable(out: Path) -> None:
+    """Create ``out`` and check, before any work, that the run can write in it and in its parent.
+
+    Checkpoints go into ``out``; the final model is built in a hidden sibling and swapped in, so the parent must be
+    writable too (unless ``out`` is a mount point: then its files are replaced one by one). Without this check a
+    read-only parent trained the whole run and failed at the final save.
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # err.filename: the folder that could not be created, out or one above it
+        raise _cannot_write(out, Path(err.filename or out).parent, err, "") from None
+    folders = [(out, "")]
+    if not os.path.ismount(out.resolve()):
+        folders.append((out.resolve().parent, ", where the final model is built beside it and swapped in"))
+    for folder, why in folders:
+        probe = folder / f".write-probe.tmp-{os.getpid()}"
+        try:
+            probe.mkdir()
+            probe.rmdir()
+        except OSError as err:
+            raise _cannot_write(out, folder, err, why) from None
+
+
 def _claim_on_main(out: Path, resume_from: str | None, overwrite: bool, settings: dict) -> _Claim:
     if out.exists() and not out.is_dir():
         raise FolderRefused(f"--output-dir {out} exists and is not a folder")
     explicit = resolve_resume(resume_from, out) if resume_from not in (None, "latest") else None
-    out.mkdir(parents=True, exist_ok=True)
+    if explicit is not None:
+        check_intact(explicit)  # before anything is written: a damaged checkpoint is one line, not a traceback
+    check_writable(out)
     notices: list[str] = []
     _acquire_lock(out, notices)
     try:
@@ -202,9 +237,9 @@ def _decide(out: Path, resume_from: str | None, explicit: Path | None, overwrite
     if resume_from == "latest":
         if record is not None:
             run_id = record["run_id"]
-            latest = latest_checkpoint(out, run_id)
+            latest = newest_intact_checkpoint(out, run_id, notices)
         else:  # a folder from before gptlite recorded runs: its checkpoints are the folder's one run
-            latest = latest_checkpoint(out)
+            latest = newest_intact_checkpoint(out, None, notices)
             run_id = (checkpoint_run_id(latest) if latest else None) or _new_run_id()
         if latest is None and holds_run and not overwrite:
             raise FolderRefused(f"--resume-from latest: {out} holds {_describe_run(out, record)} but no checkpoint "
@@ -359,7 +394,9 @@ def claim_run_folder(config, accelerator) -> RunFolder:
         broadcast_object_list(verdict)
     if verdict[1] is not None:  # another process's refusal: the same error here, so every process stops
         kind, message = verdict[1]
-        raise (FileNotFoundError if kind == "FileNotFoundError" else FolderRefused)(message)
+        kinds = {"FileNotFoundError": FileNotFoundError, "InputFileError": InputFileError,
+                 "FolderWriteError": FolderWriteError}
+        raise kinds.get(kind, FolderRefused)(message)
     claim: _Claim = verdict[0]
     if accelerator.is_main_process:
         for notice in claim.notices:

@@ -15,8 +15,11 @@ from __future__ import annotations
 import bisect
 import multiprocessing
 import os
+import signal
+import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -180,9 +183,36 @@ class ShardWriter:
 _worker: dict = {}  # what a tokenizing process works on: the parts and the tokenizer settings
 
 
-def _init_worker(parts: list, eot_as_special: bool) -> None:
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextmanager
+def _stop_signals_held() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM while the pool forks: a worker must not run the parent's handlers (they raise, and the
+    worker prints a traceback) before its initializer has set its own. The parent gets them when the block ends."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _quiet_worker_signals() -> None:
+    # Ctrl-C reaches the whole process group: the parent handles it and ends the pool, so a worker ignores it.
+    # The pool ends its workers with SIGTERM: they just die (default action), with no traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # held by the parent while it forked
+
+
+def _init_worker(parts: list, eot_as_special: bool, pooled: bool = False) -> None:
     from gptlite.tokenization import EOT_TOKEN, get_tokenizer
 
+    if pooled:
+        _quiet_worker_signals()
     _worker.update(parts=parts, allowed={EOT_TOKEN} if eot_as_special else set(), encoding=get_tokenizer())
 
 
@@ -262,7 +292,9 @@ def encode_parts(parts, eot_as_special: bool = False, num_proc: int | None = Non
     # fork: the workers inherit the parts (memory-mapped Arrow tables, paths) instead of unpickling copies;
     # spawn where there is no fork.
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with multiprocessing.get_context(method).Pool(procs, _init_worker, (parts, eot_as_special)) as pool:
+    with _stop_signals_held():
+        pool = multiprocessing.get_context(method).Pool(procs, _init_worker, (parts, eot_as_special, True))
+    with pool:
         in_flight: deque = deque()
         for task in tasks:
             if len(in_flight) >= 2 * procs:

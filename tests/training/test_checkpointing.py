@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from trainkit import (
     subprocess_env,
     tiny_config,
     train_command,
+    tree_hashes,
     weights,
     write_corpus,
 )
@@ -50,7 +52,7 @@ def uninterrupted(tmp_path_factory, corpus):
     result = train(tiny_config(folder, corpus, **SETTINGS))
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
-    return result, weights(folder / "run")
+    return result, weights(folder / "run"), folder
 
 
 def fake_checkpoint(root, name, complete=True):
@@ -80,7 +82,7 @@ def test_latest_ignores_partial_and_unfinished_checkpoints_and_prune_keeps_the_n
 
 
 def assert_same_run(resumed, out, uninterrupted) -> None:
-    reference, reference_weights = uninterrupted
+    reference, reference_weights = uninterrupted[:2]
     for key, values in reference.history.to_dict().items():
         assert resumed.history.to_dict()[key] == pytest.approx(values), key
     diff = max_abs_difference(reference_weights, weights(out))
@@ -156,3 +158,117 @@ def test_a_tied_head_checkpoints_without_accelerates_shared_tensor_warning(tmp_p
     with caplog.at_level(logging.WARNING):
         logging.getLogger("accelerate.utils.other").warning("Removed shared tensor {'x.weight'} while saving.")
     assert [r for r in caplog.records if "{'x.weight'}" in r.getMessage()]
+
+
+# -- damaged checkpoints: checked before resuming, `latest` falls back, RNG states restored or refused ------------
+
+
+def exit_of(capsys, argv) -> tuple[int, str]:
+    """(exit status, stderr) of gptlite-train in this process, asserting that no traceback was printed."""
+    from gptlite.training.cli import main
+
+    try:
+        main(list(argv))
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, err
+
+
+def copy_of_the_run(tmp_path, uninterrupted_folder):
+    """A copy of the finished reference run (checkpoints 32, 34 and 36), its config resuming `latest`."""
+    import shutil
+
+    shutil.copytree(uninterrupted_folder, tmp_path, dirs_exist_ok=True)
+    return tmp_path / "run" / "checkpoints"
+
+
+def truncate(path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+DAMAGES = {
+    "optimizer-truncated": ("optimizer.bin", truncate, "optimizer.bin is truncated or overwritten"),
+    "scheduler-truncated": ("scheduler.bin", truncate, "scheduler.bin is truncated or overwritten"),
+    "weights-truncated": ("model.safetensors", truncate, "model.safetensors is truncated or overwritten"),
+    "rng-truncated": ("random_states_0.pkl", truncate, "random_states_0.pkl is truncated or overwritten"),
+    "optimizer-deleted": ("optimizer.bin", lambda path: path.unlink(), "optimizer.bin is missing"),
+    "state-garbled": ("trainer_state.json", lambda path: truncate(path, 0.3), "trainer_state.json is not a gptlite"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_latest_falls_back_to_the_newest_intact_checkpoint_and_resumes_bit_identically(
+        tmp_path, corpus, uninterrupted, capsys, damage):
+    name, spoil, message = DAMAGES[damage]
+    checkpoints = copy_of_the_run(tmp_path, uninterrupted[2])
+    spoil(checkpoints / "checkpoint-36" / name)
+    code, err = exit_of(capsys, config_flags(tiny_config(tmp_path, corpus, **SETTINGS, resume_from="latest")))
+    assert code == 0, err
+    notice = next(line for line in err.splitlines() if line.startswith("--resume-from latest:"))
+    assert message in notice and "resuming from checkpoint-34 instead" in notice and "checkpoint-36.damaged" in notice
+    assert (checkpoints / "checkpoint-36.damaged").is_dir() and (checkpoints / "checkpoint-36").is_dir()  # redone
+    reference, reference_weights = uninterrupted[:2]
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert history["train_loss"] == pytest.approx(reference.history.train_loss)
+    assert history["lr"] == reference.history.lr
+    assert max_abs_difference(reference_weights, weights(tmp_path / "run")) == 0.0
+
+
+@pytest.mark.parametrize("damage", ["optimizer-truncated", "optimizer-deleted"])
+def test_a_damaged_checkpoint_named_by_path_is_refused_naming_the_file_and_the_previous_one(
+        tmp_path, corpus, uninterrupted, capsys, damage):
+    name, spoil, message = DAMAGES[damage]
+    checkpoints = copy_of_the_run(tmp_path, uninterrupted[2])
+    spoil(checkpoints / "checkpoint-36" / name)
+    before = tree_hashes(tmp_path / "run")
+    config = tiny_config(tmp_path, corpus, **SETTINGS, resume_from=str(checkpoints / "checkpoint-36"))
+    code, err = exit_of(capsys, config_flags(config))
+    assert code == 1 and f"{checkpoints / 'checkpoint-36' / message}" in err  # a broken file: 1, not 2
+    assert f"resume from the previous intact checkpoint instead: --resume-from {checkpoints / 'checkpoint-34'}" in err
+    assert tree_hashes(tmp_path / "run") == before  # nothing was touched
+
+
+def test_when_every_checkpoint_is_damaged_latest_is_refused(tmp_path, corpus, uninterrupted, capsys):
+    checkpoints = copy_of_the_run(tmp_path, uninterrupted[2])
+    for path in checkpoints.glob("checkpoint-*/scheduler.bin"):
+        path.unlink()
+    code, err = exit_of(capsys, config_flags(tiny_config(tmp_path, corpus, **SETTINGS, resume_from="latest")))
+    assert code == 1 and "no checkpoint of this run can be resumed; the newest:" in err
+    assert f"{checkpoints / 'checkpoint-36' / 'scheduler.bin'} is missing" in err
+
+
+def test_random_states_that_do_not_restore_fail_loudly(tmp_path, corpus, uninterrupted, capsys):
+    checkpoints = copy_of_the_run(tmp_path, uninterrupted[2])
+    rng = checkpoints / "checkpoint-36" / "random_states_0.pkl"
+    states = torch.load(rng, weights_only=False)
+    torch.save(states | {"torch_manual_seed": states["torch_manual_seed"][:100]}, rng)  # a whole file, wrong state
+    state_file = checkpoints / "checkpoint-36" / TRAINER_STATE_NAME
+    state = json.loads(state_file.read_text())
+    state["files"]["random_states_0.pkl"] = rng.stat().st_size  # as if written so: only the restore can tell
+    state_file.write_text(json.dumps(state))
+    code, err = exit_of(capsys, config_flags(tiny_config(tmp_path, corpus, **SETTINGS, resume_from="latest")))
+    assert code == 1 and f"{rng}: the random number generators were not restored from it" in err
+
+
+# -- a resume continues the same run: other data is refused, naming both ------------------------------------------
+
+
+def test_a_resume_on_other_data_is_refused_naming_both(tmp_path, capsys):
+    import shutil
+
+    first = write_corpus(tmp_path / "first.txt", n_words=1200, seed=0)
+    other = write_corpus(tmp_path / "other.txt", n_words=1200, seed=1)  # as many steps per epoch, other text
+    settings = {"max_steps": 3, "checkpoint_every": 2, "eval_freq": 100}
+    assert exit_of(capsys, config_flags(tiny_config(tmp_path, first, **settings)))[0] == 0
+    code, err = exit_of(capsys, config_flags(tiny_config(tmp_path, other, **settings, resume_from="latest")))
+    assert code == 2 and f"the checkpoint was trained on {first} (" in err and f"would train on {other} (" in err
+    shutil.copy(other, first)  # the same path, other content
+    code, err = exit_of(capsys, config_flags(tiny_config(tmp_path, first, **settings, resume_from="latest")))
+    assert code == 2 and "whose content changed since the checkpoint was written" in err
+    write_corpus(first, n_words=1200, seed=0)  # the same text again, with a new modification time: the same data
+    code, err = exit_of(capsys, config_flags(tiny_config(tmp_path, first, **settings, resume_from="latest")))
+    assert code == 0, err
