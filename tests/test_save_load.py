@@ -16,6 +16,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 import gptlite
 from gptlite import GPTLiteConfig, GPTLiteForCausalLM, GPTLiteModel
+from gptlite.errors import InputFileError
+from gptlite.loading import load_model
 from tests.reference_models import REMOTE_CODE
 
 PACKAGE_DIR = Path(gptlite.__file__).resolve().parent
@@ -270,14 +272,14 @@ CORRUPTIONS = [
 
 @pytest.mark.parametrize("corrupt", CORRUPTIONS, ids=lambda f: f.__name__.strip("_"))
 def test_broken_safetensors_error_names_the_file(saved, corrupt):
+    # gptlite's commands load through load_model, which names the file; from_pretrained is transformers' own.
     _, folder = saved
     path = folder / "model.safetensors"
     path.write_bytes(corrupt(path.read_bytes()))
-    for load in (AutoModelForCausalLM.from_pretrained, GPTLiteForCausalLM.from_pretrained):
-        with pytest.raises(OSError) as excinfo:
-            load(folder)
-        assert str(path) in str(excinfo.value)
-        assert "safetensors" in str(excinfo.value)
+    with pytest.raises(InputFileError) as excinfo:
+        load_model(folder, notice=lambda line: None)
+    assert str(path) in str(excinfo.value)
+    assert "safetensors" in str(excinfo.value)
 
 
 def test_broken_shard_error_names_that_shard(tmp_path):
@@ -286,8 +288,8 @@ def test_broken_shard_error_names_that_shard(tmp_path):
     shards = sorted(folder.glob("model-*-of-*.safetensors"))
     broken = shards[len(shards) // 2]
     broken.write_bytes(_truncate_half(broken.read_bytes()))
-    with pytest.raises(OSError) as excinfo:
-        AutoModelForCausalLM.from_pretrained(folder)
+    with pytest.raises(InputFileError) as excinfo:
+        load_model(folder, notice=lambda line: None)
     message = str(excinfo.value)
     assert str(broken) in message
     assert all(str(shard) not in message for shard in shards if shard != broken)
@@ -324,10 +326,9 @@ def test_pickled_weights_are_never_executed(saved, tmp_path):
     marker = tmp_path / "payload-ran"
     (folder / "pytorch_model.bin").write_bytes(pickle.dumps(_Payload(marker), protocol=2))
 
-    # gptlite does not fall back to pickled weights at all ...
-    with pytest.raises(OSError, match="model.safetensors"):
-        AutoModelForCausalLM.from_pretrained(folder)
-    # ... and when asked to, transformers' weights_only unpickler refuses the payload.
+    # transformers' weights_only unpickler refuses the payload, and so does gptlite's loader, in one line.
     with pytest.raises(pickle.UnpicklingError, match="(?s)Weights only load failed.*mkdir"):
-        AutoModelForCausalLM.from_pretrained(folder, use_safetensors=False)
+        AutoModelForCausalLM.from_pretrained(folder)
+    with pytest.raises(InputFileError, match="pytorch_model.bin"):
+        load_model(folder, notice=lambda line: None)
     assert not marker.exists()
