@@ -32,10 +32,8 @@ from .configuration_gptlite import GPTLiteConfig
 from .errors import InputFileError, UsageError, one_line
 from .modeling_gptlite import GPTLiteForCausalLM
 
-__all__ = ["ARCHITECTURE", "first_non_finite", "load_model", "model_folder", "read_model_config"]
+__all__ = ["first_non_finite", "load_model", "model_folder", "read_model_config"]
 
-# The fields that decide a model's parameter shapes (TrainConfig's architecture flags, plus the context).
-ARCHITECTURE = ("emb_dim", "n_layers", "n_heads", "qkv_bias", "tie_word_embeddings", "context_length")
 
 
 def _notice(message: str) -> None:

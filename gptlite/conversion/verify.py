@@ -35,7 +35,6 @@ __all__ = [
     "RELATIVE_TOLERANCE",
     "VerificationFailed",
     "gpt2_from_tensors",
-    "max_logit_difference",
     "sample_tokens",
     "verify",
     "verify_gptlite",
@@ -69,12 +68,6 @@ def _logits(reference: PreTrainedModel, candidate: PreTrainedModel) -> tuple[tor
         logits.append(model(tokens).logits[..., :vocab].float())
         model.train(was_training)
     return logits[0], logits[1]
-
-
-def max_logit_difference(reference: PreTrainedModel, candidate: PreTrainedModel) -> float:
-    """Largest |logit difference| (in float32) over the vocabulary both models share."""
-    ours, theirs = _logits(reference, candidate)
-    return (ours - theirs).abs().max().item()
 
 
 @contextmanager

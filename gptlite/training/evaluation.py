@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from gptlite.training.monitoring import perplexity
 
-__all__ = ["evaluate_model", "evaluation_batches", "loss_sums", "mean_loss", "sample_text", "token_loss_sum"]
+__all__ = ["evaluate_model", "evaluation_batches", "loss_sums", "sample_text", "token_loss_sum"]
 
 
 def token_loss_sum(model, input_ids: torch.Tensor, target_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,12 +74,6 @@ def loss_sums(model, batches: Iterable, accelerator) -> tuple[float, int, int]:
         sums += torch.stack([loss_sum.to(dtype), count.to(dtype), sums.new_ones(())])
     total, count, n_batches = accelerator.reduce(sums, reduction="sum").tolist()
     return total, int(count), int(n_batches)
-
-
-def mean_loss(model, batches: Iterable, accelerator) -> float:
-    """Mean loss per target token over ``batches`` on every process (NaN if there were none)."""
-    total, count, _ = loss_sums(model, batches, accelerator)
-    return total / count if count > 0 else float("nan")
 
 
 def sample_text(model, tokenizer, start_context: str, max_new_tokens: int = 50) -> str:

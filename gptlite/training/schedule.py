@@ -19,9 +19,7 @@ picklable :class:`LRSchedule`, so ``state_dict()``/``load_state_dict()`` (and Ac
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -34,7 +32,6 @@ __all__ = [
     "ScheduleName",
     "build_scheduler",
     "constant_lr",
-    "plot_schedule",
     "resolve_warmup",
     "should_clip",
     "warmup_cosine_lr",
@@ -169,30 +166,3 @@ def should_clip(step: int, warmup_steps: int, mode: str = "after-warmup") -> boo
     if mode == "never":
         return False
     raise ValueError(f"unknown clip mode {mode!r}; choose one of {', '.join(CLIP_MODES)}")
-
-
-def plot_schedule(schedule: LRSchedule, path: str | os.PathLike[str], title: str | None = None) -> Path:
-    """Plot ``schedule.lr(step)`` for every step of the run and save it as an image (PNG by extension).
-
-    matplotlib is imported here, with the Agg canvas, so importing this module never needs it and no
-    display is required. Returns the written path.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    steps = list(range(max(schedule.total_steps, 1)))
-    fig = Figure(figsize=(5, 3))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.plot(steps, [schedule.lr(s) for s in steps])
-    if schedule.name == "cosine" and 0 < schedule.warmup_steps < schedule.total_steps:
-        ax.axvline(schedule.warmup_steps, color="grey", linestyle=":", linewidth=1, label="end of warmup")
-        ax.legend()
-    ax.set_xlabel("Optimizer step")
-    ax.set_ylabel("Learning rate")
-    ax.set_title(title or f"{schedule.name} schedule, peak {schedule.peak_lr:g}")
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    return out

@@ -7,7 +7,6 @@ from gptlite.training.schedule import (
     LRSchedule,
     build_scheduler,
     constant_lr,
-    plot_schedule,
     resolve_warmup,
     should_clip,
     warmup_cosine_lr,
@@ -139,10 +138,3 @@ def test_should_clip_boundary():
     assert should_clip(0, 0)
     with pytest.raises(ValueError, match="unknown clip mode"):
         should_clip(0, 0, "sometimes")
-
-
-def test_plot_schedule_writes_png(tmp_path):
-    out = plot_schedule(LRSchedule("cosine", TOTAL, WARMUP, PEAK, INITIAL, MIN), tmp_path / "sub" / "lr.png")
-    assert out == tmp_path / "sub" / "lr.png"
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert out.stat().st_size > 1000
