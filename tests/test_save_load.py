@@ -332,3 +332,19 @@ def test_pickled_weights_are_never_executed(saved, tmp_path):
     with pytest.raises(InputFileError, match="pytorch_model.bin"):
         load_model(folder, notice=lambda line: None)
     assert not marker.exists()
+
+
+def test_a_folder_saved_with_the_old_speed_settings_and_files_still_loads(saved, tmp_path):
+    # Before the CPU speed-ups left the model, configs carried fast_dropout and six .py files travelled.
+    model, folder = saved
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "fast_dropout": True}))
+    for old in ("fast_cpu.py", "cpu_kernels.py", "decode_linear.py"):
+        (folder / old).write_text("raise ImportError('never imported: the model no longer needs it')\n")
+    for load in (AutoModelForCausalLM.from_pretrained, lambda f: load_model(f, notice=lambda line: None)):
+        loaded = load(folder)
+        assert_same_weights(loaded, model)
+        assert not hasattr(loaded.config, "fast_dropout")
+    loaded.save_pretrained(tmp_path / "again")
+    assert "fast_dropout" not in json.loads((tmp_path / "again" / "config.json").read_text())
+    assert {p.name for p in (tmp_path / "again").glob("*.py")} == REMOTE_CODE
