@@ -1,9 +1,10 @@
 """Remote code on the transformers versions users have: a saved folder loads and generates on the floor (4.54) and
 the last 4.x as on the installed 5.x; below the floor, loading fails with one line naming the version needed.
 
-Each version gets a venv (`--system-site-packages`, so the installed torch is reused) with that transformers from
-PyPI, created once per test run. The child process is the remote-code test's: gptlite is hidden, HF_HOME is fresh.
-Skipped only when pip cannot reach the package index.
+Each version gets a venv of its own, created once per test run: the installed torch's version, then that transformers
+from PyPI with the dependencies it resolves (packages of the main environment, made for the newest transformers,
+must not leak in: transformers 5.25 brings `kernels`, which 4.54's huggingface_hub cannot import). The child process
+is the remote-code test's: gptlite is hidden, HF_HOME is fresh. Skipped only when pip cannot reach the package index.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from gptlite.compat import MIN_TRANSFORMERS
 from tests.test_remote_code import (
@@ -45,13 +47,16 @@ def transformers_venv(tmp_path_factory):
     def python_with(version: str) -> Path:
         if version not in made:
             venv = root / version
-            subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
             python = venv / "bin" / "python"
             reachable = _pip(python, "index", "versions", "transformers")
             if reachable.returncode != 0:
                 pytest.skip(f"pip cannot reach the package index: {reachable.stderr.strip()[-300:]}")
-            installed = _pip(python, "install", "--quiet", f"transformers=={version}")
-            assert installed.returncode == 0, installed.stderr[-3000:]
+            # The installed torch first (a plain requirement would pull another build), then that transformers
+            # with the dependencies of its own time: a venv as its users have it.
+            for requirement in (f"torch=={torch.__version__.split('+')[0]}", f"transformers=={version}"):
+                installed = _pip(python, "install", "--quiet", requirement)
+                assert installed.returncode == 0, installed.stderr[-3000:]
             made[version] = python
         return made[version]
 
