@@ -105,7 +105,7 @@ def train_book_exact(config: TrainConfig):
     from gptlite.training.evaluation import sample_text
     from gptlite.training.monitoring import History, Progress
     from gptlite.training.outputs import TrainResult, save_outputs
-    from gptlite.training.run_folder import claim_run_folder
+    from gptlite.training.run_folder import claim_run_folder, run_settings
     from gptlite.training.runtime import build_model, keep_freed_memory, make_accelerator
     from gptlite.training.schedule import should_clip
 
@@ -138,6 +138,7 @@ def train_book_exact(config: TrainConfig):
     if config.report_to:
         accelerator.init_trackers("gptlite", config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
                                                      for k, v in config.to_dict().items()})
+    run.record_settings(run_settings(config))
     history = History()
     progress = Progress(accelerator, total_steps)
     tokenizer = get_hf_tokenizer()

@@ -168,7 +168,8 @@ def check_resumable(saved: TrainerState, now: TrainerState, checkpoint: Path) ->
     """Refuse to resume ``saved`` with a run set up as ``now``, naming the first setting that differs.
 
     The architecture must match (else the weights do not fit, or fit with another meaning: the same
-    matrix split into other heads); the data order and the schedule depend on the others.
+    matrix split into other heads); the data order depends on the others. The run may be longer than the
+    checkpoint's (extended), not shorter than the steps it has done.
     """
     from gptlite.training.config import TrainConfig, flag
 
@@ -197,11 +198,15 @@ def check_resumable(saved: TrainerState, now: TrainerState, checkpoint: Path) ->
         "--batch-size": (saved.config.get("batch_size"), now.config.get("batch_size")),
         "--seed": (saved.config.get("seed"), now.config.get("seed")),
         "optimizer steps per epoch": (saved.steps_per_epoch, now.steps_per_epoch),
-        "total optimizer steps": (saved.total_steps, now.total_steps),
     }
     for what, (before, after) in same.items():
         if before is not None and before != after:
             raise ValueError(f"--resume-from: the checkpoint was written with {what} {before}, this run has {after}")
+    # The run's length may change (--epochs / --max-steps extend it; the schedule stays the checkpoint's),
+    # but not to end before the steps already done.
+    if now.total_steps < saved.global_step:
+        raise ValueError(f"--resume-from {checkpoint}: the checkpoint is at optimizer step {saved.global_step}, past "
+                         f"the {now.total_steps} steps of this run; give a larger --epochs or --max-steps")
 
 
 def remove_partial_checkpoints(output_dir: str | os.PathLike[str]) -> list[Path]:

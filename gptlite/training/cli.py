@@ -3,6 +3,8 @@
 
 Every :class:`~gptlite.training.config.TrainConfig` field is a flag (``emb_dim`` -> ``--emb-dim``) and a
 ``--config`` file key. Precedence: the recipe (``--recipe``, default ``default``) < the file < the flags.
+With ``--resume-from``, the resumed run's recorded settings take the recipe's place and the file and flags
+may change only some of them (:mod:`gptlite.training.resume`).
 Several processes: ``accelerate launch --multi_gpu --num_processes N -m gptlite.training ...`` (this
 also works on a machine without GPUs, where the processes train on CPU).
 
@@ -31,6 +33,7 @@ from gptlite.downloads import DownloadError
 from gptlite.errors import fail, sigterm_unwinds
 from gptlite.training.config import TrainConfig, flag
 from gptlite.training.recipes import RECIPES, build_config, coerce, field_kind
+from gptlite.training.resume import finished_message, resolve_settings
 
 __all__ = ["build_eval_parser", "build_parser", "eval_main", "main"]
 
@@ -120,11 +123,16 @@ def _train_main(argv: list[str]) -> None:
     recipe, config_file = args.pop("recipe", None), args.pop("config", None)
     print_config = args.pop("print_config", False)
     try:
-        config = build_config(recipe, config_file, args)
+        config, resumed = resolve_settings(recipe, config_file, args)
+        finished = finished_message(config, resumed) if resumed is not None else None
     except (ValueError, FileNotFoundError) as err:
         _exit_on_user_error(parser, err)
     if print_config:
         print(json.dumps(config.to_dict(), indent=1))
+        return
+    if finished is not None:  # nothing to do; exit 0 so that a script resuming until done stops cleanly
+        if _is_main_process():
+            print(f"{parser.prog}: {finished}")
         return
     from gptlite.folders import FolderWriteError, is_disk_full
     from gptlite.training.loop import train
@@ -136,12 +144,12 @@ def _train_main(argv: list[str]) -> None:
         if _is_main_process():
             print(f"{parser.prog}: stopped by {signal.Signals(stop.signum).name} after optimizer step "
                   f"{stop.global_step} of {stop.total_steps} and saved {stop.checkpoint}; continue with: "
-                  f"{_resume_command(parser.prog, argv)}", file=sys.stderr, flush=True)
+                  f"{_resume_command(parser.prog, config.output_dir)}", file=sys.stderr, flush=True)
         sys.exit(exit_code(stop.signum))
     except KeyboardInterrupt as err:  # Ctrl-C (or a second signal) outside a step: nothing more is saved
         signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
         if _is_main_process():
-            left = _what_is_left(config, parser.prog, argv)
+            left = _what_is_left(config, parser.prog)
             print(f"{parser.prog}: interrupted by {signal.Signals(signum).name}; {left}", file=sys.stderr, flush=True)
         sys.exit(exit_code(signum))
     except DownloadError as err:  # offline and not cached (--data the-verdict): exit 1 with the line saying why
@@ -162,22 +170,15 @@ def _is_main_process() -> bool:
     return PartialState().is_main_process
 
 
-def _resume_command(prog: str, argv: list[str]) -> str:
-    """The command that continues this run: ``argv`` with ``--resume-from latest`` (and no ``--overwrite``)."""
-    kept, skip = [], False
-    for arg in argv:
-        if skip or arg == "--resume-from":
-            skip = not skip
-            continue
-        if not (arg.startswith("--resume-from=") or arg in ("--overwrite", "--no-overwrite")):
-            kept.append(arg)
-    flags = shlex.join([*kept, "--resume-from", "latest"])
+def _resume_command(prog: str, output_dir: str) -> str:
+    """The command that continues this run: its folder alone, which records every setting (run.json)."""
+    flags = shlex.join(["--resume-from", "latest", "--output-dir", str(output_dir)])
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by accelerate launch: its options are not ours to see
         return f"the same accelerate launch command with the flags {flags}"
     return f"{prog} {flags}"
 
 
-def _what_is_left(config, prog: str, argv: list[str]) -> str:
+def _what_is_left(config, prog: str) -> str:
     from gptlite.training.checkpointing import latest_checkpoint
     from gptlite.training.run_folder import read_run_record
 
@@ -186,7 +187,7 @@ def _what_is_left(config, prog: str, argv: list[str]) -> str:
     latest = latest_checkpoint(out, record["run_id"]) if record else None
     if latest is None:
         return "nothing of this run was saved"
-    return f"its newest checkpoint is {latest}; continue with: {_resume_command(prog, argv)}"
+    return f"its newest checkpoint is {latest}; continue with: {_resume_command(prog, config.output_dir)}"
 
 
 def build_eval_parser() -> argparse.ArgumentParser:

@@ -135,7 +135,11 @@ class TrainConfig:
     keep_checkpoints: int = 2
     """Number of most recent checkpoints kept in OUTPUT_DIR/checkpoints."""
     resume_from: str | None = None
-    """Continue a run from a checkpoint folder, or latest (the newest in OUTPUT_DIR/checkpoints)."""
+    """Continue a run from a checkpoint folder, or latest (the newest in OUTPUT_DIR/checkpoints), with the run's own
+    settings (OUTPUT_DIR/run.json): other flags may only repeat them, except --epochs/--max-steps (longer: the extra
+    steps train at the schedule's last rate), --eval-freq, --eval-iter, --start-context, --sample-tokens,
+    --report-to, --checkpoint-every, --keep-checkpoints, --output-dir, --cache-dir and --grad-accum (with the
+    processes, same product)."""
     overwrite: bool = False
     """Replace the run that OUTPUT_DIR holds (its checkpoints go now, its model when this run's is saved)."""
 

@@ -31,7 +31,7 @@ from gptlite.training.config import TrainConfig
 from gptlite.training.evaluation import evaluation_batches, loss_sums, sample_text, token_loss_sum
 from gptlite.training.monitoring import History, Progress
 from gptlite.training.outputs import TrainResult, save_outputs
-from gptlite.training.run_folder import RunFolder, claim_run_folder
+from gptlite.training.run_folder import RunFolder, claim_run_folder, run_settings
 from gptlite.training.runtime import (
     build_model,
     build_optimizer,
@@ -149,6 +149,8 @@ class _Session:
         if resume is not None:
             saved = load_trainer_state(resume)
             check_resumable(saved, state, resume)
+            # Also gives self.schedule (the scheduler's factor, the same object) the checkpoint's fields: a run
+            # extended by --epochs / --max-steps keeps its schedule and warmup (which decides clipping).
             accelerator.load_state(str(resume))
             # load_state restores Accelerate's batch counter, which decides when gradients synchronise: count it
             # in this run's --grad-accum (a checkpoint of N processes resumed on M has another one).
@@ -156,6 +158,7 @@ class _Session:
             state.global_step, state.epoch, state.step_in_epoch = saved.global_step, saved.epoch, saved.step_in_epoch
             state.tokens_seen, self.history = saved.tokens_seen, History.from_dict(saved.history)
             self.saved_step = state.global_step
+        self.run.record_settings(run_settings(config))
         if config.report_to:
             accelerator.init_trackers("gptlite", config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
                                                          for k, v in config.to_dict().items()})
@@ -166,7 +169,7 @@ class _Session:
                                  self.peak_flops)
         self.tokenizer = get_hf_tokenizer()
         if resume is not None:
-            self.progress.write(f"Resumed from {resume} at optimizer step {state.global_step} "
+            self.progress.write(f"Resumed from {resume} at optimizer step {state.global_step} of {self.total_steps} "
                                 f"(epoch {state.epoch + 1}, step {state.step_in_epoch} of the epoch)")
         elif config.resume_from == "latest":
             self.progress.write(f"--resume-from latest: no checkpoint of this run in {self.run.path / 'checkpoints'} "
@@ -308,8 +311,9 @@ class _Session:
         save_outputs(accelerator, self.model, config, self.history, self.run, evaluated_on, self.total_steps)
         minutes, seconds = divmod(time.perf_counter() - started, 60)
         progress = self.progress
+        speed = f", training at {progress.tokens_per_second:,.0f} tokens/s" if progress.steps_timed else ""
         accelerator.print(f"{state.global_step} optimizer steps, {state.tokens_seen:,} tokens seen; this run took "
-                          f"{int(minutes)}m{seconds:04.1f}s, training at {progress.tokens_per_second:,.0f} tokens/s")
+                          f"{int(minutes)}m{seconds:04.1f}s{speed}")
         if progress.mfu is not None:
             accelerator.print(f"model FLOP utilisation {progress.mfu:.1%} per device ({self.flops_per_token / 1e9:.2f}"
                               f" GFLOP per token; peak {self.peak_flops / 1e12:.2f} TFLOP/s, {self.peak_source})")

@@ -36,6 +36,7 @@ def write_model_folder(folder: Path, model, config: TrainConfig, history: Histor
     from gptlite.tokenization import save_tokenizer
     from gptlite.training.data import train_source
     from gptlite.training.plots import plot_losses, plot_lr
+    from gptlite.training.run_folder import run_settings
 
     # fast_dropout is a training-speed choice of this run: the published config keeps torch's dropout.
     fast_dropout, model.config.fast_dropout = model.config.fast_dropout, False
@@ -45,8 +46,8 @@ def write_model_folder(folder: Path, model, config: TrainConfig, history: Histor
         model.config.fast_dropout = fast_dropout
     save_tokenizer(folder, model_max_length=model.config.context_length)
     history.save(folder / "history.json", dataset=train_source(config.data_config()).describe())
-    settings = {k: v for k, v in config.to_dict().items() if k != "overwrite"}  # a --config of it must not replace
-    (folder / "train_config.json").write_text(json.dumps(settings, indent=1), encoding="utf-8")
+    # run.json's settings (no --overwrite: a --config of this file must not replace a run).
+    (folder / "train_config.json").write_text(json.dumps(run_settings(config), indent=1), encoding="utf-8")
     if history.step:
         plot_losses(history, folder / "loss.png")
     plot_lr(history, folder / "lr.png")

@@ -7,6 +7,7 @@ byte-identical (hashes) and still loading with the same logits.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -27,7 +28,7 @@ from trainkit import (
 from gptlite.training.checkpointing import list_checkpoints, load_trainer_state
 from gptlite.training.cli import main
 from gptlite.training.loop import train
-from gptlite.training.run_folder import LOCK_FILE, RUN_FILE, read_run_record
+from gptlite.training.run_folder import LOCK_FILE, RUN_FILE, read_run_record, run_settings
 
 
 @pytest.fixture(scope="module")
@@ -213,10 +214,13 @@ def test_resume_with_another_architecture_names_the_field_and_both_values(
     hashes = tree_hashes(out)
     code, _, err = cli(capsys, config, "--resume-from", "latest", *flags)
     line = one_line_error(err)
-    assert code == 2
-    assert f"the checkpoint's model has {field} {before}, this run would build {after}" in line
-    assert flags[0].replace("--no-", "--") in line
+    assert code == 2  # the command line is checked against run.json
+    assert f"{' '.join(flags)} contradicts the run being resumed, which has {field} {before}" in line
     assert tree_hashes(out) == hashes
+    value = after == "True" if after in ("True", "False") else int(after)
+    with pytest.raises(ValueError, match=f"the checkpoint's model has {field} {before}, this run would build {after}"):
+        train(dataclasses.replace(config, resume_from="latest", **{field: value}))  # the Python API: the checkpoint's
+    assert read_run_record(out)["settings"] == run_settings(config)
 
 
 # -- the final model: whole or not at all -----------------------------------------------------------
