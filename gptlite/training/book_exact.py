@@ -104,7 +104,7 @@ def train_book_exact(config: TrainConfig):
     from gptlite.training.data import build_dataloaders
     from gptlite.training.evaluation import sample_text
     from gptlite.training.monitoring import History, Progress
-    from gptlite.training.outputs import TrainResult, save_outputs
+    from gptlite.training.outputs import TrainResult, push_run, save_outputs
     from gptlite.training.run_folder import claim_run_folder, run_settings
     from gptlite.training.runtime import build_model, keep_freed_memory, make_accelerator
     from gptlite.training.schedule import should_clip
@@ -179,7 +179,11 @@ def train_book_exact(config: TrainConfig):
 
     progress.close()
     save_outputs(accelerator, model, config, history, run)
-    run.release()
+    try:
+        if config.push_to_hub:  # one process: book-exact runs in one
+            push_run(out, config, say=accelerator.print)
+    finally:
+        run.release()
     minutes, seconds = divmod(time.perf_counter() - started, 60)
     accelerator.print(f"{global_step + 1} optimizer steps, {tokens_seen:,} tokens seen; this book-exact run of "
                       f"{listing}'s loop took {int(minutes)}m{seconds:04.1f}s, training at "

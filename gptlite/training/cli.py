@@ -130,9 +130,9 @@ def _train_main(argv: list[str]) -> None:
     if print_config:
         print(json.dumps(config.to_dict(), indent=1))
         return
-    if finished is not None:  # nothing to do; exit 0 so that a script resuming until done stops cleanly
+    if finished is not None:  # nothing to train; exit 0 so that a script resuming until done stops cleanly
         if _is_main_process():
-            print(f"{parser.prog}: {finished}")
+            _finished(parser, config, finished)
         return
     from gptlite.folders import FolderWriteError, is_disk_full
     from gptlite.training.loop import train
@@ -161,6 +161,19 @@ def _train_main(argv: list[str]) -> None:
     except (ValueError, KeyError) as err:
         # Bad settings or data found while starting (tiny corpus, refused folder, checkpoint of another
         # architecture, ...): a message, not a traceback.
+        _exit_on_user_error(parser, err)
+
+
+def _finished(parser: argparse.ArgumentParser, config, finished: str) -> None:
+    """A finished run: say so, or (with --push-to-hub) push what it saved, which is how a failed push is retried."""
+    if config.push_to_hub is None:
+        print(f"{parser.prog}: {finished}")
+        return
+    from gptlite.training.outputs import push_run
+
+    try:
+        push_run(config.output_dir, config)
+    except OSError as err:
         _exit_on_user_error(parser, err)
 
 

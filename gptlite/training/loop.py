@@ -30,7 +30,7 @@ from gptlite.training.clipping import clip_grad_norm
 from gptlite.training.config import TrainConfig
 from gptlite.training.evaluation import evaluation_batches, loss_sums, sample_text, token_loss_sum
 from gptlite.training.monitoring import History, Progress
-from gptlite.training.outputs import TrainResult, save_outputs
+from gptlite.training.outputs import TrainResult, push_run, save_outputs
 from gptlite.training.run_folder import RunFolder, claim_run_folder, run_settings
 from gptlite.training.runtime import (
     build_model,
@@ -67,7 +67,10 @@ def train(config: TrainConfig) -> TrainResult:
         session = _Session.set_up(config, accelerator, run)
         session.restore()
         session.train_steps()
-        return session.finish(started)
+        result = session.finish(started)
+        if config.push_to_hub and accelerator.is_main_process:  # with the lock held: the folder cannot change
+            push_run(run.path, config, say=accelerator.print)
+        return result
     finally:
         run.release()
 

@@ -3,7 +3,8 @@
 The final model folder (config, weights, tokenizer, remote code, ``history.json``, ``loss.png``,
 ``lr.png``, ``train_config.json``) is written by :func:`save_outputs` through
 :meth:`RunFolder.save_final <gptlite.training.run_folder.RunFolder.save_final>`: it appears whole or
-not at all. Both loops (the Accelerate one and the book-exact one) end here.
+not at all. Both loops (the Accelerate one and the book-exact one) end here; with ``--push-to-hub``,
+:func:`push_run` then uploads the saved folder's model, tokenizer and card.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from gptlite.training.config import TrainConfig
 from gptlite.training.monitoring import History
 
-__all__ = ["TrainResult", "save_outputs", "write_model_folder"]
+__all__ = ["PushFailed", "TrainResult", "push_run", "save_outputs", "write_model_folder"]
 
 
 @dataclass
@@ -78,3 +79,38 @@ def _final_losses(history: History, evaluated_on: str | None, total_steps: int |
     if val_loss is not None and math.isfinite(val_loss):
         return f" (final validation loss {val_loss:.3f}, perplexity {math.exp(val_loss):.1f}, {at}{on})"
     return f" (final training loss {train_loss:.3f}, {at}{on})"
+
+
+class PushFailed(OSError):
+    """The upload of a saved run failed (offline, no login, refused): a run-time failure, exit status 1."""
+
+
+def push_run(folder: str | Path, config: TrainConfig, say=print) -> None:
+    """Main process: upload the model saved in ``folder``, its tokenizer and a model card (with the run's final
+    losses from ``history.json``) to ``config.push_to_hub``, through :func:`gptlite.hub.push_to_hub`.
+
+    Raises:
+        PushFailed: in one line naming the repository and the cause; the saved run is left as it is.
+    """
+    from gptlite.errors import one_line
+    from gptlite.hub import push_to_hub
+    from gptlite.modeling_gptlite import GPTLiteForCausalLM
+
+    folder, repo_id = Path(folder), config.push_to_hub
+    model = GPTLiteForCausalLM.from_pretrained(folder)  # the saved files, exactly: what a download gives back
+    try:
+        commit = push_to_hub(model, repo_id, training_dir=folder, dataset=config.dataset,
+                             commit_message="Upload a model trained with gptlite-train")
+    except Exception as err:  # noqa: BLE001 - network, login and Hub refusals alike: one line, the run kept
+        raise PushFailed(f"--push-to-hub {repo_id}: {one_line(err)}; the run is saved in {folder}: "
+                         f"{_push_later(folder, repo_id)}") from None
+    say(f"Pushed the model, tokenizer and model card of {folder} to {repo_id}: {commit.commit_url}")
+
+
+def _push_later(folder: Path, repo_id: str) -> str:
+    from gptlite.training.checkpointing import latest_checkpoint
+
+    if latest_checkpoint(folder) is not None:  # resuming a finished run only pushes it
+        return f"push it with gptlite-train --resume-from latest --output-dir {folder} --push-to-hub {repo_id}"
+    return (f"push it with python -c \"import gptlite; gptlite.push_to_hub(gptlite.GPTLiteForCausalLM."
+            f"from_pretrained('{folder}'), '{repo_id}')\"")

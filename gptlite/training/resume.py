@@ -4,10 +4,10 @@ A run's settings are recorded where it starts, in ``DIR/run.json``; each checkpo
 holds the settings it was written with. A resumed run takes every setting from there: from ``run.json``
 for ``--resume-from latest``, from the checkpoint's record for ``--resume-from CHECKPOINT``. Flags, a
 ``--config`` file or a ``--recipe`` given beside it may repeat the run's values, and change only
-:data:`RESUME_SAFE`: how long to train, when to evaluate, sample, checkpoint and log, and where the
-output and the token cache are. None of them changes what a step computes, so the resumed steps are the
-ones the uninterrupted run takes. (``--grad-accum`` may change with the number of processes as long as
-their product stays the same; the checkpoint check refuses any other change.)
+:data:`RESUME_SAFE`: how long to train, when to evaluate, sample, checkpoint and log, where the output
+and the token cache are, and where to push the model. None of them changes what a step computes, so the
+resumed steps are the ones the uninterrupted run takes. (``--grad-accum`` may change with the number of
+processes as long as their product stays the same; the checkpoint check refuses any other change.)
 
 Extending a run (a larger ``--epochs`` or ``--max-steps``) keeps its learning-rate schedule, which the
 checkpoint holds: steps past its old end train at its last rate (``--min-lr`` for cosine, ``--peak-lr``
@@ -30,7 +30,7 @@ __all__ = ["RESUME_SAFE", "RecordedRun", "finished_message", "recorded_run", "re
 
 RESUME_SAFE: tuple[str, ...] = (
     "epochs", "max_steps", "eval_freq", "eval_iter", "start_context", "sample_tokens", "report_to",
-    "checkpoint_every", "keep_checkpoints", "output_dir", "cache_dir", "grad_accum",
+    "checkpoint_every", "keep_checkpoints", "output_dir", "cache_dir", "grad_accum", "push_to_hub",
 )  # fmt: skip
 # Not settings of the run but of this command: never taken from the record.
 _OF_THIS_COMMAND = ("resume_from", "overwrite")
