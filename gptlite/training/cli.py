@@ -93,8 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         if f.name in _SECTIONS:
             group = parser.add_argument_group(_SECTIONS[f.name])
         kind, _, is_list = field_kind(f.name)
-        help_text = _field_docs().get(f.name, "") + f" (default: {defaults[f.name]!r})"
-        help_text = help_text.replace("%", "%%")
+        help_text = _help_text(f.name, defaults[f.name])
         if kind is bool:
             group.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, help=help_text)
         else:
@@ -102,6 +101,23 @@ def build_parser() -> argparse.ArgumentParser:
             group.add_argument(flag(f.name), type=_converter(f.name), nargs=nargs, metavar=f.name.upper(),
                                help=help_text)
     return parser
+
+
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: X)", left out where X says nothing (None, [], False) or the help already names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, [], False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _help_text(name: str, default: Any) -> str:
+    """A field's docstring, and its default unless that is nothing to show (None, []) or the text says it already."""
+    text = _field_docs().get(name, "")
+    if default not in (None, []) and "(default:" not in text:
+        text += f" (default: {default!r})"
+    return text.replace("%", "%%")
 
 
 def _exit_on_user_error(parser: argparse.ArgumentParser, err: BaseException) -> None:
@@ -208,7 +224,7 @@ def build_eval_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gptlite-eval",
         description="Loss and perplexity of a model on a corpus, cut into the windows training uses.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsHelpFormatter,
     )
     parser.add_argument("model", help="a folder written by gptlite-train / save_pretrained, or a Hub id")
     parser.add_argument("--data", nargs="+", default=None, help="text files, folders or globs (none: built-in corpus)")

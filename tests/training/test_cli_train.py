@@ -97,6 +97,20 @@ def test_bad_settings_exit_with_a_message_naming_the_flag(argv, message, capsys)
     assert message in capsys.readouterr().err
 
 
+def test_help_states_each_default_once_and_only_a_real_one(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text and "(default: [])" not in text
+    assert "(default: --context-length, windows do not overlap)." in text and text.count("(default: ") >= 20
+    assert "Width of the residual stream. (default: 128)" in text
+    with pytest.raises(SystemExit):
+        eval_main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text and "(default: False)" not in text and ") (default:" not in text
+    assert "window length (default: the model's)" in text and "windows per batch (default: 8)" in text
+
+
 def test_unknown_config_file_key_names_the_file_and_the_key(tmp_path, capsys):
     settings = tmp_path / "bad.yaml"
     settings.write_text("emb_dim: 64\nlearning_rate: 0.1\n")
