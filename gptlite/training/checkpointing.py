@@ -253,7 +253,7 @@ def save_checkpoint(
     ``FolderWriteError`` saying that ``previous`` (the run's last checkpoint) is intact, and the
     temporary folder is removed.
     """
-    from gptlite.folders import fsync_tree
+    from gptlite.folders import fsync_tree, usual_weight_modes
 
     root = checkpoints_dir(output_dir)
     final = root / f"checkpoint-{state.global_step}"
@@ -273,6 +273,7 @@ def save_checkpoint(
         try:
             # Written last: a folder with trainer_state.json is complete (list_checkpoints relies on it).
             (tmp / TRAINER_STATE_NAME).write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
+            usual_weight_modes(tmp)
             fsync_tree(tmp)
         except Exception as err:  # noqa: BLE001
             failure = err

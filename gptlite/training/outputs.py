@@ -34,6 +34,7 @@ class TrainResult:
 
 def write_model_folder(folder: Path, model, config: TrainConfig, history: History) -> None:
     """Write the run's final model and records into ``folder`` (an empty, not yet visible folder)."""
+    from gptlite.folders import usual_weight_modes
     from gptlite.tokenization import save_tokenizer
     from gptlite.training.data import train_source
     from gptlite.training.plots import plot_losses, plot_lr
@@ -45,6 +46,7 @@ def write_model_folder(folder: Path, model, config: TrainConfig, history: Histor
         model.save_pretrained(folder)  # config.json, model.safetensors, generation_config.json, the model's code
     finally:
         model.config.fast_dropout = fast_dropout
+    usual_weight_modes(folder)
     save_tokenizer(folder, model_max_length=model.config.context_length)
     history.save(folder / "history.json", dataset=train_source(config.data_config()).describe())
     # run.json's settings (no --overwrite: a --config of this file must not replace a run).

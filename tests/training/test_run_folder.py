@@ -67,6 +67,19 @@ def finished_run(tmp_path, corpus, **overrides):
     return config, tmp_path / "run"
 
 
+def test_weights_get_the_mode_of_any_new_file_under_the_umask(tmp_path, corpus):
+    previous = os.umask(0o027)
+    try:
+        _, out = finished_run(tmp_path, corpus)
+        (tmp_path / "plain").write_text("")
+    finally:
+        os.umask(previous)
+    modes = {path.relative_to(out).as_posix(): oct(path.stat().st_mode & 0o777) for path in out.rglob("*.safetensors")}
+    assert modes == {"model.safetensors": "0o640", "checkpoints/checkpoint-1/model.safetensors": "0o640",
+                     "checkpoints/checkpoint-2/model.safetensors": "0o640"}  # safetensors itself writes 0o600
+    assert oct((tmp_path / "plain").stat().st_mode & 0o777) == "0o640"
+
+
 # -- one run per folder -------------------------------------------------------------------------
 
 
