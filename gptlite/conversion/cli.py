@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..console import quiet_transformers_bars
 from ..errors import Interrupted, exit_status, sigterm_unwinds
 from ..folders import FolderRefused, FolderWriteError
 from .common import DTYPE_CHOICES, ConversionResult
@@ -89,6 +90,7 @@ def _folder_identity(path: Path) -> tuple[int, int] | None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `gptlite-convert`; returns the exit status (0 ok, 1 failed, 2 usage, 130/143 interrupted)."""
     args = _parser().parse_args(argv)  # exits 2 on a bad flag
+    quiet_transformers_bars()
     from .storage import ConversionError, FlagError
 
     command = f"gptlite-convert {args.command}"

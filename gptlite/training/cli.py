@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gptlite.console import quiet_transformers_bars
 from gptlite.downloads import DownloadError
 from gptlite.errors import fail, sigterm_unwinds
 from gptlite.training.config import TrainConfig, flag
@@ -127,6 +128,7 @@ def _exit_on_user_error(parser: argparse.ArgumentParser, err: BaseException) -> 
 
 def main(argv: list[str] | None = None) -> None:
     """``gptlite-train [FLAGS]``: resolve the settings, then :func:`~gptlite.training.loop.train`."""
+    quiet_transformers_bars()
     # SIGTERM outside the loop (while tokenizing, saving): unwind like Ctrl-C, so temporary folders and the
     # lock go away, then one line. Inside the loop train() handles both signals itself.
     with sigterm_unwinds():
@@ -247,6 +249,7 @@ def build_eval_parser() -> argparse.ArgumentParser:
 
 def eval_main(argv: list[str] | None = None) -> None:
     """``gptlite-eval MODEL --data ...``: print the loss and perplexity."""
+    quiet_transformers_bars()
     parser = build_eval_parser()
     args = vars(parser.parse_args(argv))
     as_json = args.pop("json")

@@ -66,6 +66,7 @@ def test_a_run_pushes_its_saved_model_tokenizer_and_card(tmp_path, corpus, hub, 
     out = tmp_path / "run"
     assert_pushed(hub, out)
     assert f"Pushed the model, tokenizer and model card of {out} to {REPO_ID}: https://huggingface.co/" in printed
+    assert "Writing model shards" not in err and "Loading weights" not in err  # transformers' own bars
 
 
 def test_offline_the_push_is_one_line_the_run_is_kept_and_resuming_it_pushes(tmp_path, corpus, capsys, monkeypatch,
