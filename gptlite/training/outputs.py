@@ -57,11 +57,13 @@ def write_model_folder(folder: Path, model, config: TrainConfig, history: Histor
 
 
 def save_outputs(accelerator, model, config: TrainConfig, history: History, run, evaluated_on: str | None = None,
-                 total_steps: int | None = None) -> None:
+                 total_steps: int | None = None, final: tuple[int, float, float | None] | None = None) -> None:
     """Every process: the main one writes the final model folder whole (``run`` is the run's
     :class:`~gptlite.training.run_folder.RunFolder`) and prints where, with the final losses.
 
-    ``evaluated_on`` says which batches the last evaluation averaged (printed in the summary).
+    ``evaluated_on`` says which batches the last evaluation averaged (printed in the summary). ``final`` is
+    ``(step, train loss, validation loss)`` of the saved model when the history's last evaluation is an earlier
+    step's (book-exact runs evaluate every --eval-freq steps only).
     """
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
@@ -69,13 +71,16 @@ def save_outputs(accelerator, model, config: TrainConfig, history: History, run,
     unwrapped = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     run.save_final(lambda folder: write_model_folder(folder, unwrapped, config, history), say=accelerator.print)
     summary = f"Saved the model, tokenizer, history.json, loss.png and lr.png in {run.path}"
-    accelerator.print(summary + _final_losses(history, evaluated_on, total_steps))
+    if final is None and history.step:
+        final = (history.step[-1], history.train_loss[-1], history.val_loss[-1])
+    accelerator.print(summary + _final_losses(final, evaluated_on, total_steps))
 
 
-def _final_losses(history: History, evaluated_on: str | None, total_steps: int | None) -> str:
-    if not history.step:
+def _final_losses(final: tuple[int, float, float | None] | None, evaluated_on: str | None,
+                  total_steps: int | None) -> str:
+    if final is None:
         return ""
-    step, train_loss, val_loss = history.step[-1], history.train_loss[-1], history.val_loss[-1]
+    step, train_loss, val_loss = final
     at = f"after optimizer step {step + 1}" + (f" of {total_steps}" if total_steps else "")
     on = f", {evaluated_on}" if evaluated_on else ""
     if val_loss is not None and math.isfinite(val_loss):

@@ -151,6 +151,7 @@ class _Claim:
     run_id: str
     resume: str | None
     notices: list[str] = field(default_factory=list)
+    created: bool = False  # the folder did not exist before this run
 
 
 _WHAT_TO_DO = "pass --resume-from latest to continue it, --overwrite to replace it, or another --output-dir"
@@ -181,6 +182,7 @@ def _claim_on_main(out: Path, resume_from: str | None, overwrite: bool) -> _Clai
     if out.exists() and not out.is_dir():
         raise FolderRefused(f"--output-dir {out} exists and is not a folder")
     explicit = resolve_resume(resume_from, out) if resume_from not in (None, "latest") else None
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     notices: list[str] = []
     _acquire_lock(out, notices)
@@ -189,7 +191,10 @@ def _claim_on_main(out: Path, resume_from: str | None, overwrite: bool) -> _Clai
         remove_partial_checkpoints(out)
     except BaseException:
         _release_lock(out)
+        if created:
+            out.rmdir()  # refused before anything was written: leave no empty folder
         raise
+    claim.created = created
     return claim
 
 
@@ -249,11 +254,18 @@ class RunFolder:
     run_id: str
     resume: Path | None
     is_main: bool
+    created: bool = False
+    """This run made the folder: a start that fails before writing anything in it takes it away again."""
 
     def release(self) -> None:
-        """Give up the lock (main process)."""
+        """Give up the lock (main process); remove the folder if this run made it and left nothing in it."""
         if self.is_main:
             _release_lock(self.path)
+            if self.created:
+                try:
+                    self.path.rmdir()
+                except OSError:  # not empty: the run recorded itself, or wrote a checkpoint or its model
+                    pass
 
     def record_settings(self, settings: dict) -> None:
         """Main process: record the run and its ``settings`` in ``run.json``, once they are known to work (the
@@ -380,5 +392,5 @@ def claim_run_folder(config, accelerator) -> RunFolder:
         for notice in claim.notices:
             print(notice, file=sys.stderr)
     return RunFolder(out, claim.run_id, None if claim.resume is None else Path(claim.resume),
-                     accelerator.is_main_process)
+                     accelerator.is_main_process, claim.created)
 

@@ -133,6 +133,7 @@ def test_tiny_corpus_is_a_clean_error_not_a_traceback(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "gptlite-train: error: training split has" in err and "--context-length" in err
+    assert not (tmp_path / "run").exists()  # a failed start leaves no folder, run.json or run.lock behind
 
 
 def test_module_cli_trains_with_trackers_then_eval_and_generate_use_the_result(tmp_path, capsys):
