@@ -69,17 +69,29 @@ def openai_checkpoint(size: str, cache_dir: str | Path | None = None) -> Path:
                 f"{', '.join(missing)}. Pass a local checkpoint folder, or retry online."
             )
         return folder
+    created = [path for path in (folder, *folder.parents) if not path.exists()]
     folder.mkdir(parents=True, exist_ok=True)
-    for name in OPENAI_FILES:
-        url = f"{OPENAI_URL}/{size}/{name}"
-        try:
-            download(url, folder / name)
-        except urllib.error.HTTPError as err:
-            raise DownloadError(f"{url}: HTTP {err.code} {err.reason}") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-            reason = getattr(err, "reason", err)
-            raise DownloadError(
-                f"cannot fetch OpenAI's GPT-2 {size} from {url}: {reason}. Check the connection and run "
-                f"again (finished files are kept and partial ones resume), or pass a local folder."
-            ) from None
+    try:
+        for name in OPENAI_FILES:
+            _fetch_openai_file(f"{OPENAI_URL}/{size}/{name}", folder / name, size)
+    except BaseException:
+        for path in created:  # innermost first; a partial download (.part) keeps its folders, to resume
+            try:
+                path.rmdir()
+            except OSError:
+                break
+        raise
     return folder
+
+
+def _fetch_openai_file(url: str, dest: Path, size: str) -> None:
+    try:
+        download(url, dest)
+    except urllib.error.HTTPError as err:
+        raise DownloadError(f"{url}: HTTP {err.code} {err.reason}") from None
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+        reason = getattr(err, "reason", err)
+        raise DownloadError(
+            f"cannot fetch OpenAI's GPT-2 {size} from {url}: {reason}. Check the connection and run "
+            f"again (finished files are kept and partial ones resume), or pass a local folder."
+        ) from None

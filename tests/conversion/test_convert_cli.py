@@ -77,6 +77,22 @@ def test_offline_hub_id(tmp_path, monkeypatch, capsys):
     assert "HF_HUB_OFFLINE is set" in capsys.readouterr().err
 
 
+def test_an_unreachable_hub_is_one_line(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    def unreachable(*args, **kwargs):  # the Hub's own message, newline included, when the network is down
+        raise huggingface_hub.errors.LocalEntryNotFoundError(
+            "Got: ConnectError: [Errno -2] Name or service not known\nAn error happened while trying to locate the "
+            "files on the Hub. Please check your internet connection and try again.")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert main(["from-hf", "gpt2", str(tmp_path / "lite")]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("gptlite-convert from-hf: error: cannot fetch 'gpt2': the Hub cannot be reached")
+    assert "known An error happened" in line and line.endswith(f"({tmp_path / 'lite'} was not created)")
+
+
 def _convert(args: list[str], capsys) -> tuple[int, str]:
     status = main(args)
     err = capsys.readouterr().err
