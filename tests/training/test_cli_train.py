@@ -368,3 +368,28 @@ def test_train_names_the_broken_data_file_and_exits_1_or_2(tmp_path, capsys, nam
         (tmp_path / name).write_bytes(content)
     code, _, err = exit_of(capsys, main, config_flags(tiny_config(tmp_path, tmp_path / name)))
     assert code == status and message in error_line(err)
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_an_unreachable_hub_dataset_is_one_line_before_any_bar(tmp_path, capfd, monkeypatch, streaming):
+    import logging
+
+    import datasets
+
+    def unreachable(*args, **kwargs):  # what datasets does offline: huggingface_hub retries, then gives up
+        retries = logging.getLogger("huggingface_hub.utils._http")
+        for attempt in range(1, 6):
+            retries.warning("'[Errno -2] Name or service not known' thrown while requesting HEAD https://hf.co")
+            retries.warning(f"Retrying in 1s [Retry {attempt}/5].")
+        raise ConnectionError("Couldn't reach 'wikitext' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    out = tmp_path / "run"
+    flags = ["--dataset", "wikitext", "--max-steps", "5", "--output-dir", str(out), "--cache-dir", str(tmp_path / "c")]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*flags, "--streaming" if streaming else "--no-streaming"])
+    assert exit_info.value.code == 1
+    assert capfd.readouterr().err.splitlines() == [
+        "gptlite-train: error: --dataset wikitext: Couldn't reach 'wikitext' on the Hub (LocalEntryNotFoundError); "
+        "retry online (with HF_HUB_OFFLINE unset), or train on local files with --data"]
+    assert not out.exists()
