@@ -10,7 +10,7 @@ from __future__ import annotations
 import urllib.error
 from pathlib import Path
 
-from gptlite.downloads import DownloadError, cache_root, download, is_offline
+from gptlite.downloads import DownloadError, cache_root, download, download_folder, is_offline
 
 __all__ = ["OPENAI_SIZES", "DownloadError", "hub_snapshot", "is_offline", "openai_checkpoint"]
 
@@ -69,18 +69,9 @@ def openai_checkpoint(size: str, cache_dir: str | Path | None = None) -> Path:
                 f"{', '.join(missing)}. Pass a local checkpoint folder, or retry online."
             )
         return folder
-    created = [path for path in (folder, *folder.parents) if not path.exists()]
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
+    with download_folder(folder):
         for name in OPENAI_FILES:
             _fetch_openai_file(f"{OPENAI_URL}/{size}/{name}", folder / name, size)
-    except BaseException:
-        for path in created:  # innermost first; a partial download (.part) keeps its folders, to resume
-            try:
-                path.rmdir()
-            except OSError:
-                break
-        raise
     return folder
 
 
