@@ -12,9 +12,11 @@ import hashlib
 import os
 import shutil
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["DownloadError", "cache_root", "download", "is_offline", "sha256_of"]
+__all__ = ["DownloadError", "cache_root", "download", "download_folder", "is_offline", "sha256_of"]
 
 _CHUNK = 1 << 20
 _TIMEOUT = 30
@@ -35,6 +37,24 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
         return Path(cache_dir)
     xdg = os.environ.get("XDG_CACHE_HOME")
     return Path(xdg) / "gptlite" if xdg else Path.home() / ".cache" / "gptlite"
+
+
+@contextmanager
+def download_folder(folder: Path) -> Iterator[Path]:
+    """Make ``folder`` (and its missing parents) for downloads; if the block fails, remove again those this call
+    made that are still empty, so a failed first download leaves no empty cache folders (a partial ``.part``
+    file keeps its folder, to resume)."""
+    created = [path for path in (folder, *folder.parents) if not path.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        for path in created:  # innermost first
+            try:
+                path.rmdir()
+            except OSError:  # not empty
+                break
+        raise
 
 
 def _urlopen(request: urllib.request.Request, timeout: float):

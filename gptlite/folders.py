@@ -31,6 +31,8 @@ __all__ = [
     "is_disk_full",
     "process_alive",
     "same_or_inside",
+    "usual_file_mode",
+    "usual_weight_modes",
     "write_failure",
 ]
 
@@ -145,6 +147,30 @@ def fsync_tree(folder: Path) -> None:
         elif path.is_dir():
             _fsync_dir(path)
     _fsync_dir(folder)
+
+
+def usual_file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0o666 less the process's umask."""
+    try:  # Linux states the umask; elsewhere it is read by setting it, for an instant
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def usual_weight_modes(folder: Path) -> None:
+    """Give the ``.safetensors`` files under ``folder`` the mode of any new file: safetensors' ``save_file`` (through
+    ``save_pretrained`` and Accelerate's ``save_state``) creates them 0o600, while every other file, and the weights
+    gptlite-convert writes, get 0o644 under the usual umask."""
+    mode = usual_file_mode()
+    for path in folder.rglob("*.safetensors"):
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, mode)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, TextStreamer
 
+from .console import quiet_transformers_bars
 from .errors import UsageError, fail, one_line
 from .modeling_gptlite import GPTLiteForCausalLM
 from .speedups import speed_up
@@ -155,6 +156,7 @@ def _run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `gptlite-generate`: exits 2 for a bad flag or model path, 1 for a broken model file."""
+    quiet_transformers_bars()
     parser = build_parser()
     args = parser.parse_args(argv)
     if (args.top_k is not None or args.top_p is not None) and args.temperature == 0:

@@ -8,16 +8,11 @@ returns a local one. Any other network access fails the test: sockets cannot con
 
 import json
 import math
-import socket
 from pathlib import Path
 
 import pytest
 import torch
-import transformers.modeling_utils
-import transformers.utils.hub
 import yaml
-from huggingface_hub import CommitInfo, HfApi, RepoUrl
-from huggingface_hub.errors import EntryNotFoundError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import gptlite
@@ -47,75 +42,6 @@ def assert_same_weights(loaded: torch.nn.Module, original: torch.nn.Module) -> N
     assert loaded.state_dict().keys() == expected.keys()
     for name, tensor in expected.items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
-
-
-class FakeHub:
-    """Records what would have been sent: one entry per commit, {path_in_repo: bytes}."""
-
-    def __init__(self, existing_readme: Path | None = None):
-        self.existing_readme = existing_readme
-        self.created: list[dict] = []
-        self.commits: list[dict] = []
-
-    def create_repo(self, repo_id, **kwargs):
-        self.created.append({"repo_id": repo_id, **kwargs})
-        return RepoUrl(f"https://huggingface.co/{repo_id}")
-
-    def create_commit(self, repo_id, operations, **kwargs):
-        # The files live in a temporary folder that push_to_hub deletes afterwards: read them now.
-        files = {op.path_in_repo: Path(op.path_or_fileobj).read_bytes() for op in operations}
-        self.commits.append({"repo_id": repo_id, "files": files, **kwargs})
-        return CommitInfo(
-            commit_url=f"https://huggingface.co/{repo_id}/commit/{'0' * 40}",
-            commit_message=kwargs.get("commit_message") or "",
-            commit_description=kwargs.get("commit_description") or "",
-            oid="0" * 40,
-        )
-
-    def hf_hub_download(self, repo_id, filename, **kwargs):
-        if self.existing_readme is None:
-            raise EntryNotFoundError(f"{filename} not found in {repo_id}")
-        return str(self.existing_readme)
-
-    @property
-    def files(self) -> dict[str, bytes]:
-        assert len(self.commits) == 1
-        return self.commits[0]["files"]
-
-    def readme(self) -> str:
-        return self.files["README.md"].decode("utf-8")
-
-    def materialize(self, folder: Path) -> Path:
-        """The committed files as a local folder, as a download of the repository would give."""
-        for name, data in self.files.items():
-            (folder / name).parent.mkdir(parents=True, exist_ok=True)
-            (folder / name).write_bytes(data)
-        return folder
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    def no_network(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args[1:]}")
-
-    monkeypatch.setattr(socket.socket, "connect", no_network)
-    monkeypatch.setattr(socket, "create_connection", no_network)
-
-    fake = FakeHub()
-    # Bound methods of `fake`: set on the class, they are called without the HfApi instance.
-    monkeypatch.setattr(HfApi, "create_repo", fake.create_repo)
-    monkeypatch.setattr(HfApi, "create_commit", fake.create_commit)
-    for unexpected in ("upload_folder", "upload_file", "create_branch"):
-        monkeypatch.setattr(HfApi, unexpected, lambda *a, _name=unexpected, **kw: pytest.fail(f"unexpected {_name}"))
-    # Transformers releases that call huggingface_hub's module-level functions (methods bound to a default HfApi at
-    # import) bypass the class patches above: patch those names too where they exist.
-    # (transformers 5.4's save_pretrained imports create_repo straight into modeling_utils.)
-    for module in (transformers.utils.hub, transformers.modeling_utils):
-        for name in ("create_repo", "create_commit"):
-            if hasattr(module, name):
-                monkeypatch.setattr(module, name, getattr(fake, name))
-    monkeypatch.setattr("huggingface_hub.repocard.hf_hub_download", fake.hf_hub_download)
-    return fake
 
 
 def test_model_push_to_hub_uploads_weights_code_tokenizer_and_card(hub, tmp_path):

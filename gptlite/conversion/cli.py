@@ -19,7 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import Interrupted, exit_status, sigterm_unwinds
+from ..console import quiet_transformers_bars
+from ..errors import Interrupted, exit_status, one_line, sigterm_unwinds
 from ..folders import FolderRefused, FolderWriteError
 from .common import DTYPE_CHOICES, ConversionResult
 from .download import DownloadError
@@ -89,6 +90,7 @@ def _folder_identity(path: Path) -> tuple[int, int] | None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `gptlite-convert`; returns the exit status (0 ok, 1 failed, 2 usage, 130/143 interrupted)."""
     args = _parser().parse_args(argv)  # exits 2 on a bad flag
+    quiet_transformers_bars()
     from .storage import ConversionError, FlagError
 
     command = f"gptlite-convert {args.command}"
@@ -107,16 +109,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{command}: interrupted{by}; {state}", file=sys.stderr)
         return exit_status(err)  # 130 / 143
     except (FolderRefused, FlagError) as err:
-        print(f"{command}: error: {err}", file=sys.stderr)
+        print(f"{command}: error: {one_line(err)}", file=sys.stderr)
         return 2
     except FolderWriteError as err:  # says itself what is intact
-        print(f"{command}: error: {err}", file=sys.stderr)
+        print(f"{command}: error: {one_line(err)}", file=sys.stderr)
         return 1
     except (ConversionError, DownloadError, OSError) as err:
-        print(f"{command}: error: {err} ({unchanged})", file=sys.stderr)
+        # The Hub's messages span lines ("Got: ConnectError ...\nAn error happened ..."): one line here.
+        print(f"{command}: error: {one_line(err)} ({unchanged})", file=sys.stderr)
         return 1
     except Exception as err:  # a bug, or a library's error gptlite does not know yet: still one line
-        print(f"{command}: error: unexpected {type(err).__name__}: {err} ({unchanged}); please report this",
+        print(f"{command}: error: unexpected {type(err).__name__}: {one_line(err)} ({unchanged}); please report this",
               file=sys.stderr)
         return 1
     config = result.config

@@ -10,7 +10,7 @@ from __future__ import annotations
 import urllib.error
 from pathlib import Path
 
-from gptlite.downloads import DownloadError, cache_root, download, is_offline
+from gptlite.downloads import DownloadError, cache_root, download, download_folder, is_offline
 
 __all__ = ["OPENAI_SIZES", "DownloadError", "hub_snapshot", "is_offline", "openai_checkpoint"]
 
@@ -69,17 +69,20 @@ def openai_checkpoint(size: str, cache_dir: str | Path | None = None) -> Path:
                 f"{', '.join(missing)}. Pass a local checkpoint folder, or retry online."
             )
         return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in OPENAI_FILES:
-        url = f"{OPENAI_URL}/{size}/{name}"
-        try:
-            download(url, folder / name)
-        except urllib.error.HTTPError as err:
-            raise DownloadError(f"{url}: HTTP {err.code} {err.reason}") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-            reason = getattr(err, "reason", err)
-            raise DownloadError(
-                f"cannot fetch OpenAI's GPT-2 {size} from {url}: {reason}. Check the connection and run "
-                f"again (finished files are kept and partial ones resume), or pass a local folder."
-            ) from None
+    with download_folder(folder):
+        for name in OPENAI_FILES:
+            _fetch_openai_file(f"{OPENAI_URL}/{size}/{name}", folder / name, size)
     return folder
+
+
+def _fetch_openai_file(url: str, dest: Path, size: str) -> None:
+    try:
+        download(url, dest)
+    except urllib.error.HTTPError as err:
+        raise DownloadError(f"{url}: HTTP {err.code} {err.reason}") from None
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+        reason = getattr(err, "reason", err)
+        raise DownloadError(
+            f"cannot fetch OpenAI's GPT-2 {size} from {url}: {reason}. Check the connection and run "
+            f"again (finished files are kept and partial ones resume), or pass a local folder."
+        ) from None

@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import random
 import time
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from gptlite.training.config import TrainConfig
+from gptlite.training.divergence import check_finite
 
 __all__ = ["book_calc_loss_batch", "book_calc_loss_loader", "book_listing", "check_book_exact", "train_book_exact"]
 
@@ -100,95 +101,149 @@ def book_calc_loss_loader(data_loader, model, device, num_batches: int | None = 
 
 def train_book_exact(config: TrainConfig):
     """Run the book's chapter-5 or appendix-D loop; write what :func:`~gptlite.training.loop.train` writes."""
-    from gptlite.tokenization import get_hf_tokenizer, get_tokenizer
-    from gptlite.training.data import build_dataloaders
-    from gptlite.training.divergence import check_finite
-    from gptlite.training.evaluation import sample_text
-    from gptlite.training.monitoring import History, Progress
-    from gptlite.training.outputs import TrainResult, save_outputs
+    from gptlite.tokenization import get_tokenizer
     from gptlite.training.run_folder import claim_run_folder
-    from gptlite.training.runtime import build_model, keep_freed_memory, make_accelerator
-    from gptlite.training.schedule import should_clip
+    from gptlite.training.runtime import make_accelerator
 
     started = time.perf_counter()
-    out = Path(config.output_dir)
-    accelerator = make_accelerator(config.mixed_precision, config.grad_accum, config.report_to, out)
+    accelerator = make_accelerator(config.mixed_precision, config.grad_accum, config.report_to, config.output_dir)
     check_book_exact(config, accelerator.num_processes)
     if len(get_tokenizer().encode(config.start_context)) >= config.context_length:
         raise ValueError(f"--start-context {config.start_context!r} leaves no room in --context-length")
     run = claim_run_folder(config, accelerator)
-    device = accelerator.device
-    keep_freed_memory(device)
-    listing = book_listing(config)
+    try:  # a start that fails (a missing file, offline) leaves no lock behind, nor a folder it made
+        book = _BookRun.set_up(config, accelerator, run)
+        book.train()
+        return book.finish(started)
+    finally:
+        run.release()
 
-    # The book's loaders: building them draws nothing; the training one shuffles from the global generator.
-    train_loader, val_loader = build_dataloaders(config.data_config(), config.batch_size, seed=None)
-    steps_per_epoch = len(train_loader)
-    total_steps = config.epochs * steps_per_epoch
-    # Appendix D: warmup_steps = int(0.2 * total_steps), lr = initial_lr + global_step * lr_increment, then
-    # the cosine; chapter 5: peak_lr at every step, which is what AdamW holds anyway.
-    schedule = config.lr_schedule(total_steps)
 
-    # torch.manual_seed(123); model = GPTModel(GPT_CONFIG_124M); model.to(device); AdamW(...)
-    random.seed(config.seed)
-    np.random.seed(config.seed % 2**32)
-    torch.manual_seed(config.seed)
-    model = build_model(config).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.peak_lr, weight_decay=config.weight_decay)
+@dataclass
+class _BookRun:
+    """The book's loop and what it holds, in the order the listing builds it."""
 
-    if config.report_to:
-        accelerator.init_trackers("gptlite", config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
-                                                     for k, v in config.to_dict().items()})
-    history = History()
-    progress = Progress(accelerator, total_steps)
-    tokenizer = get_hf_tokenizer()
-    tokens_seen, global_step = 0, -1
-    word = "Step" if listing == "chapter 5" else "Iter"  # each listing's own evaluation line
+    config: TrainConfig
+    accelerator: object
+    run: object
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    train_loader: object
+    val_loader: object
+    schedule: object
+    history: object
+    progress: object
+    tokenizer: object
+    tokens_seen: int = 0
+    global_step: int = -1  # the book's: 0-based, -1 before the first step
 
-    def where() -> dict:  # what a divergence error says besides the step (book-exact keeps no checkpoints)
-        return {"total_steps": total_steps, "lr": schedule.lr(global_step), "peak_lr": config.peak_lr}
+    @classmethod
+    def set_up(cls, config: TrainConfig, accelerator, run) -> _BookRun:
+        from gptlite.tokenization import get_hf_tokenizer
+        from gptlite.training.data import build_dataloaders
+        from gptlite.training.monitoring import History, Progress
+        from gptlite.training.run_folder import run_settings
+        from gptlite.training.runtime import build_model, keep_freed_memory
 
-    def evaluate(epoch: int, step_in_epoch: int) -> None:  # the book's evaluate_model
+        keep_freed_memory(accelerator.device)
+        # The book's loaders: building them draws nothing; the training one shuffles from the global generator.
+        train_loader, val_loader = build_dataloaders(config.data_config(), config.batch_size, seed=None)
+        # Appendix D: warmup_steps = int(0.2 * total_steps), lr = initial_lr + global_step * lr_increment, then
+        # the cosine; chapter 5: peak_lr at every step, which is what AdamW holds anyway.
+        total_steps = config.epochs * len(train_loader)
+        schedule = config.lr_schedule(total_steps)
+        # torch.manual_seed(123); model = GPTModel(GPT_CONFIG_124M); model.to(device); AdamW(...)
+        random.seed(config.seed)
+        np.random.seed(config.seed % 2**32)
+        torch.manual_seed(config.seed)
+        model = build_model(config).to(accelerator.device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.peak_lr, weight_decay=config.weight_decay)
+        if config.report_to:
+            accelerator.init_trackers("gptlite", config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                                                         for k, v in config.to_dict().items()})
+        run.record_settings(run_settings(config))
+        return cls(config, accelerator, run, model, optimizer, train_loader, val_loader, schedule, History(),
+                   Progress(accelerator, total_steps), get_hf_tokenizer())
+
+    def losses(self) -> tuple[float, float | None]:
+        """The book's ``evaluate_model``: training and validation loss over the first --eval-iter batches."""
+        config, model, device = self.config, self.model, self.accelerator.device
         model.eval()
         with torch.no_grad():
-            train_loss = book_calc_loss_loader(train_loader, model, device, num_batches=config.eval_iter)
-            val_loss = (None if val_loader is None
-                        else book_calc_loss_loader(val_loader, model, device, num_batches=config.eval_iter))
+            train_loss = book_calc_loss_loader(self.train_loader, model, device, num_batches=config.eval_iter)
+            val_loss = (None if self.val_loader is None
+                        else book_calc_loss_loader(self.val_loader, model, device, num_batches=config.eval_iter))
         model.train()
+        return train_loss, val_loss
+
+    def where(self) -> dict:
+        """What a divergence error says besides the step (book-exact keeps no checkpoints)."""
+        return {"total_steps": self.schedule.total_steps, "lr": self.schedule.lr(self.global_step),
+                "peak_lr": self.config.peak_lr}
+
+    def evaluate(self, epoch: int, step_in_epoch: int) -> None:
+        """The listing's periodic evaluation: recorded, and printed as its own line."""
+        train_loss, val_loss = self.losses()
         for what, value in (("the training loss", train_loss), ("the validation loss", val_loss)):
-            check_finite(f"{what} of the evaluation", value, global_step + 1, where, after=True)
-        history.record_eval(global_step, epoch + step_in_epoch / steps_per_epoch, tokens_seen, train_loss, val_loss)
-        progress.evaluation(epoch, global_step, tokens_seen, train_loss, val_loss, word=word, with_perplexity=False)
+            check_finite(f"{what} of the evaluation", value, self.global_step + 1, self.where, after=True)
+        word = "Step" if book_listing(self.config) == "chapter 5" else "Iter"
+        self.history.record_eval(self.global_step, epoch + step_in_epoch / len(self.train_loader), self.tokens_seen,
+                                 train_loss, val_loss)
+        self.progress.evaluation(epoch, self.global_step, self.tokens_seen, train_loss, val_loss, word=word,
+                                 with_perplexity=False)
 
-    for epoch in range(config.epochs):
-        model.train()
-        for step_in_epoch, (input_batch, target_batch) in enumerate(train_loader, start=1):
-            progress.start_step()
-            input_batch, target_batch = input_batch.to(device), target_batch.to(device)
-            optimizer.zero_grad()
-            global_step += 1
-            lr = schedule.lr(global_step)
-            for param_group in optimizer.param_groups:  # D.4 sets the rate before each step
-                param_group["lr"] = lr
-            loss = book_calc_loss_batch(model, input_batch, target_batch)
-            loss.backward()
-            if config.grad_clip is not None and should_clip(global_step, schedule.warmup_steps, config.clip_mode):
-                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=config.grad_clip)
-            optimizer.step()
-            tokens_seen += input_batch.numel()
-            check_finite("the training loss", loss.item(), global_step + 1, where)
-            history.record_step(lr, loss.item())
-            progress.end_step(global_step + 1, history.step_loss[-1], lr, input_batch.numel())
-            if global_step % config.eval_freq == 0:
-                evaluate(epoch, step_in_epoch)
-        progress.write(sample_text(model, tokenizer, config.start_context, config.sample_tokens))
+    def train(self) -> None:
+        """The listing's epochs: its steps and evaluations, then the greedy sample."""
+        from gptlite.training.evaluation import sample_text
 
-    progress.close()
-    save_outputs(accelerator, model, config, history, run)
-    run.release()
-    minutes, seconds = divmod(time.perf_counter() - started, 60)
-    accelerator.print(f"{global_step + 1} optimizer steps, {tokens_seen:,} tokens seen; this book-exact run of "
-                      f"{listing}'s loop took {int(minutes)}m{seconds:04.1f}s, training at "
-                      f"{progress.tokens_per_second:,.0f} tokens/s")
-    accelerator.end_training()
-    return TrainResult(out, history, global_step + 1, tokens_seen, progress.tokens_per_second, None)
+        config = self.config
+        for epoch in range(config.epochs):
+            self.model.train()
+            for step_in_epoch, (input_batch, target_batch) in enumerate(self.train_loader, start=1):
+                self.step(input_batch, target_batch)
+                if self.global_step % config.eval_freq == 0:
+                    self.evaluate(epoch, step_in_epoch)
+            self.progress.write(sample_text(self.model, self.tokenizer, config.start_context, config.sample_tokens))
+        self.progress.close()
+
+    def step(self, input_batch: torch.Tensor, target_batch: torch.Tensor) -> None:
+        from gptlite.training.schedule import should_clip
+
+        config, model, optimizer, device = self.config, self.model, self.optimizer, self.accelerator.device
+        self.progress.start_step()
+        input_batch, target_batch = input_batch.to(device), target_batch.to(device)
+        optimizer.zero_grad()
+        self.global_step += 1
+        lr = self.schedule.lr(self.global_step)
+        for param_group in optimizer.param_groups:  # D.4 sets the rate before each step
+            param_group["lr"] = lr
+        loss = book_calc_loss_batch(model, input_batch, target_batch)
+        loss.backward()
+        if config.grad_clip is not None and should_clip(self.global_step, self.schedule.warmup_steps, config.clip_mode):
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=config.grad_clip)
+        optimizer.step()
+        self.tokens_seen += input_batch.numel()
+        check_finite("the training loss", loss.item(), self.global_step + 1, self.where)
+        self.history.record_step(lr, loss.item())
+        self.progress.end_step(self.global_step + 1, self.history.step_loss[-1], lr, input_batch.numel())
+
+    def finish(self, started: float):
+        """Save (and push) the model; the summary's losses are the saved model's, not an earlier evaluation's."""
+        from gptlite.training.outputs import TrainResult, push_run, save_outputs
+
+        config, accelerator, history = self.config, self.accelerator, self.history
+        final = None
+        if history.step[-1:] != [self.global_step]:  # the listing evaluates every --eval-freq steps only
+            final = (self.global_step, *self.losses())  # after training: its draws change nothing trained
+        evaluated_on = (f"on the first {config.eval_iter} {'training' if self.val_loader is None else 'validation'} "
+                        f"batch(es) of --batch-size {config.batch_size} (--eval-iter {config.eval_iter})")
+        save_outputs(accelerator, self.model, config, history, self.run, evaluated_on, self.global_step + 1, final)
+        if config.push_to_hub:  # one process: book-exact runs in one
+            push_run(self.run.path, config, say=accelerator.print)
+        minutes, seconds = divmod(time.perf_counter() - started, 60)
+        accelerator.print(f"{self.global_step + 1} optimizer steps, {self.tokens_seen:,} tokens seen; this book-exact "
+                          f"run of {book_listing(config)}'s loop took {int(minutes)}m{seconds:04.1f}s, training at "
+                          f"{self.progress.tokens_per_second:,.0f} tokens/s")
+        accelerator.end_training()
+        return TrainResult(self.run.path, history, self.global_step + 1, self.tokens_seen,
+                           self.progress.tokens_per_second, None)

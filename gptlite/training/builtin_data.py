@@ -12,7 +12,7 @@ import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptlite.downloads import DownloadError, cache_root, download, is_offline
+from gptlite.downloads import DownloadError, cache_root, download, download_folder, is_offline
 
 __all__ = ["BUILTIN_TEXTS", "BuiltinText", "builtin_text"]
 
@@ -53,9 +53,9 @@ def builtin_text(name: str, cache_dir: str | Path | None = None) -> Path:
     local_copy = f"download {text.url} yourself and pass it with --data PATH/{text.filename}"
     if is_offline():
         raise DownloadError(f"--data {name}: HF_HUB_OFFLINE is set and {dest} is not cached yet; {local_copy}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
     try:
-        download(text.url, dest, size=text.size, sha256=text.sha256)
+        with download_folder(dest.parent):
+            download(text.url, dest, size=text.size, sha256=text.sha256)
     except urllib.error.HTTPError as err:
         raise DownloadError(f"--data {name}: {text.url} answered HTTP {err.code} {err.reason}; {local_copy}") from None
     except (urllib.error.URLError, TimeoutError, ConnectionError) as err:

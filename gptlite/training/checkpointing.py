@@ -231,7 +231,8 @@ def check_resumable(saved: TrainerState, now: TrainerState, checkpoint: Path) ->
     """Refuse to resume ``saved`` with a run set up as ``now``, naming the first setting that differs.
 
     The architecture must match (else the weights do not fit, or fit with another meaning: the same
-    matrix split into other heads); the data order and the schedule depend on the others.
+    matrix split into other heads); the data order depends on the others. The run may be longer than the
+    checkpoint's (extended), not shorter than the steps it has done.
     """
     from gptlite.training.config import TrainConfig, flag
 
@@ -263,11 +264,15 @@ def check_resumable(saved: TrainerState, now: TrainerState, checkpoint: Path) ->
         "--batch-size": (saved.config.get("batch_size"), now.config.get("batch_size")),
         "--seed": (saved.config.get("seed"), now.config.get("seed")),
         "optimizer steps per epoch": (saved.steps_per_epoch, now.steps_per_epoch),
-        "total optimizer steps": (saved.total_steps, now.total_steps),
     }
     for what, (before, after) in same.items():
         if before is not None and before != after:
             raise ValueError(f"--resume-from: the checkpoint was written with {what} {before}, this run has {after}")
+    # The run's length may change (--epochs / --max-steps extend it; the schedule stays the checkpoint's),
+    # but not to end before the steps already done.
+    if now.total_steps < saved.global_step:
+        raise ValueError(f"--resume-from {checkpoint}: the checkpoint is at optimizer step {saved.global_step}, past "
+                         f"the {now.total_steps} steps of this run; give a larger --epochs or --max-steps")
 
 
 def load_checkpoint(accelerator, checkpoint: Path, num_processes: int) -> None:
@@ -327,7 +332,7 @@ def save_checkpoint(
     ``FolderWriteError`` saying that ``previous`` (the run's last checkpoint) is intact, and the
     temporary folder is removed.
     """
-    from gptlite.folders import fsync_tree
+    from gptlite.folders import fsync_tree, usual_weight_modes
 
     root = checkpoints_dir(output_dir)
     final = root / f"checkpoint-{state.global_step}"
@@ -349,6 +354,7 @@ def save_checkpoint(
             # records the size of every other file, so that a truncated or missing one is found before resuming.
             state.files = file_sizes(tmp)
             (tmp / TRAINER_STATE_NAME).write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
+            usual_weight_modes(tmp)
             fsync_tree(tmp)
         except Exception as err:  # noqa: BLE001
             failure = err

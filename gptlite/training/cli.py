@@ -3,6 +3,8 @@
 
 Every :class:`~gptlite.training.config.TrainConfig` field is a flag (``emb_dim`` -> ``--emb-dim``) and a
 ``--config`` file key. Precedence: the recipe (``--recipe``, default ``default``) < the file < the flags.
+With ``--resume-from``, the resumed run's recorded settings take the recipe's place and the file and flags
+may change only some of them (:mod:`gptlite.training.resume`).
 Several processes: ``accelerate launch --multi_gpu --num_processes N -m gptlite.training ...`` (this
 also works on a machine without GPUs, where the processes train on CPU).
 
@@ -28,10 +30,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gptlite.console import quiet_transformers_bars
 from gptlite.downloads import DownloadError
 from gptlite.errors import fail, sigterm_unwinds
 from gptlite.training.config import TrainConfig, flag
 from gptlite.training.recipes import RECIPES, build_config, coerce, field_kind
+from gptlite.training.resume import finished_message, resolve_settings
 
 __all__ = ["build_eval_parser", "build_parser", "eval_main", "main"]
 
@@ -91,8 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         if f.name in _SECTIONS:
             group = parser.add_argument_group(_SECTIONS[f.name])
         kind, _, is_list = field_kind(f.name)
-        help_text = _field_docs().get(f.name, "") + f" (default: {defaults[f.name]!r})"
-        help_text = help_text.replace("%", "%%")
+        help_text = _help_text(f.name, defaults[f.name])
         if kind is bool:
             group.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, help=help_text)
         else:
@@ -102,6 +105,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: X)", left out where X says nothing (None, [], False) or the help already names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, [], False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _help_text(name: str, default: Any) -> str:
+    """A field's docstring, and its default unless that is nothing to show (None, []) or the text says it already."""
+    text = _field_docs().get(name, "")
+    if default not in (None, []) and "(default:" not in text:
+        text += f" (default: {default!r})"
+    return text.replace("%", "%%")
+
+
 def _exit_on_user_error(parser: argparse.ArgumentParser, err: BaseException) -> None:
     # One line; exit 2 for settings, paths and refusals, 1 for a broken file or a failing machine (gptlite.errors).
     fail(parser.prog, err)
@@ -109,6 +129,7 @@ def _exit_on_user_error(parser: argparse.ArgumentParser, err: BaseException) -> 
 
 def main(argv: list[str] | None = None) -> None:
     """``gptlite-train [FLAGS]``: resolve the settings, then :func:`~gptlite.training.loop.train`."""
+    quiet_transformers_bars()
     # SIGTERM outside the loop (while tokenizing, saving): unwind like Ctrl-C, so temporary folders and the
     # lock go away, then one line. Inside the loop train() handles both signals itself.
     with sigterm_unwinds():
@@ -121,11 +142,16 @@ def _train_main(argv: list[str]) -> None:
     recipe, config_file = args.pop("recipe", None), args.pop("config", None)
     print_config = args.pop("print_config", False)
     try:
-        config = build_config(recipe, config_file, args)
+        config, resumed = resolve_settings(recipe, config_file, args)
+        finished = finished_message(config, resumed) if resumed is not None else None
     except (ValueError, FileNotFoundError) as err:
         _exit_on_user_error(parser, err)
     if print_config:
         print(json.dumps(config.to_dict(), indent=1))
+        return
+    if finished is not None:  # nothing to train; exit 0 so that a script resuming until done stops cleanly
+        if _is_main_process():
+            _finished(parser, config, finished)
         return
     from gptlite.folders import FolderWriteError, is_disk_full
     from gptlite.training.loop import train
@@ -137,12 +163,12 @@ def _train_main(argv: list[str]) -> None:
         if _is_main_process():
             print(f"{parser.prog}: stopped by {signal.Signals(stop.signum).name} after optimizer step "
                   f"{stop.global_step} of {stop.total_steps} and saved {stop.checkpoint}; continue with: "
-                  f"{_resume_command(parser.prog, argv)}", file=sys.stderr, flush=True)
+                  f"{_resume_command(parser.prog, config.output_dir)}", file=sys.stderr, flush=True)
         sys.exit(exit_code(stop.signum))
     except KeyboardInterrupt as err:  # Ctrl-C (or a second signal) outside a step: nothing more is saved
         signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
         if _is_main_process():
-            left = _what_is_left(config, parser.prog, argv)
+            left = _what_is_left(config, parser.prog)
             print(f"{parser.prog}: interrupted by {signal.Signals(signum).name}; {left}", file=sys.stderr, flush=True)
         sys.exit(exit_code(signum))
     except DownloadError as err:  # offline and not cached (--data the-verdict): exit 1 with the line saying why
@@ -157,28 +183,34 @@ def _train_main(argv: list[str]) -> None:
         _exit_on_user_error(parser, err)
 
 
+def _finished(parser: argparse.ArgumentParser, config, finished: str) -> None:
+    """A finished run: say so, or (with --push-to-hub) push what it saved, which is how a failed push is retried."""
+    if config.push_to_hub is None:
+        print(f"{parser.prog}: {finished}")
+        return
+    from gptlite.training.outputs import push_run
+
+    try:
+        push_run(config.output_dir, config)
+    except OSError as err:
+        _exit_on_user_error(parser, err)
+
+
 def _is_main_process() -> bool:
     from accelerate import PartialState
 
     return PartialState().is_main_process
 
 
-def _resume_command(prog: str, argv: list[str]) -> str:
-    """The command that continues this run: ``argv`` with ``--resume-from latest`` (and no ``--overwrite``)."""
-    kept, skip = [], False
-    for arg in argv:
-        if skip or arg == "--resume-from":
-            skip = not skip
-            continue
-        if not (arg.startswith("--resume-from=") or arg in ("--overwrite", "--no-overwrite")):
-            kept.append(arg)
-    flags = shlex.join([*kept, "--resume-from", "latest"])
+def _resume_command(prog: str, output_dir: str) -> str:
+    """The command that continues this run: its folder alone, which records every setting (run.json)."""
+    flags = shlex.join(["--resume-from", "latest", "--output-dir", str(output_dir)])
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by accelerate launch: its options are not ours to see
         return f"the same accelerate launch command with the flags {flags}"
     return f"{prog} {flags}"
 
 
-def _what_is_left(config, prog: str, argv: list[str]) -> str:
+def _what_is_left(config, prog: str) -> str:
     from gptlite.training.checkpointing import latest_checkpoint
     from gptlite.training.run_folder import read_run_record
 
@@ -187,7 +219,7 @@ def _what_is_left(config, prog: str, argv: list[str]) -> str:
     latest = latest_checkpoint(out, record["run_id"]) if record else None
     if latest is None:
         return "nothing of this run was saved"
-    return f"its newest checkpoint is {latest}; continue with: {_resume_command(prog, argv)}"
+    return f"its newest checkpoint is {latest}; continue with: {_resume_command(prog, config.output_dir)}"
 
 
 def build_eval_parser() -> argparse.ArgumentParser:
@@ -195,7 +227,7 @@ def build_eval_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gptlite-eval",
         description="Loss and perplexity of a model on a corpus, cut into the windows training uses.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsHelpFormatter,
     )
     parser.add_argument("model", help="a folder written by gptlite-train / save_pretrained, or a Hub id")
     parser.add_argument("--data", nargs="+", default=None, help="text files, folders or globs (none: built-in corpus)")
@@ -218,6 +250,7 @@ def build_eval_parser() -> argparse.ArgumentParser:
 
 def eval_main(argv: list[str] | None = None) -> None:
     """``gptlite-eval MODEL --data ...``: print the loss and perplexity."""
+    quiet_transformers_bars()
     parser = build_eval_parser()
     args = vars(parser.parse_args(argv))
     as_json = args.pop("json")

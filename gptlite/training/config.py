@@ -136,9 +136,16 @@ class TrainConfig:
     keep_checkpoints: int = 2
     """Number of most recent checkpoints kept in OUTPUT_DIR/checkpoints."""
     resume_from: str | None = None
-    """Continue a run from a checkpoint folder, or latest (the newest in OUTPUT_DIR/checkpoints)."""
+    """Continue a run from a checkpoint folder, or latest (the newest in OUTPUT_DIR/checkpoints), with the run's own
+    settings (OUTPUT_DIR/run.json): other flags may only repeat them, except --epochs/--max-steps (longer: the extra
+    steps train at the schedule's last rate), --eval-freq, --eval-iter, --start-context, --sample-tokens,
+    --report-to, --checkpoint-every, --keep-checkpoints, --output-dir, --cache-dir, --push-to-hub and --grad-accum
+    (with the processes, same product)."""
     overwrite: bool = False
     """Replace the run that OUTPUT_DIR holds (its checkpoints go now, its model when this run's is saved)."""
+    push_to_hub: str | None = None
+    """Hub repository (user/name, created if missing) to upload the final model, tokenizer and model card to once the
+    run is saved (needs a login: hf auth login, or HF_TOKEN)."""
 
     # -- run ----------------------------------------------------------------------------------
     seed: int = 123
@@ -192,6 +199,8 @@ class TrainConfig:
             _check(tracker in (*TRACKERS, "all"), "report_to", f"among {', '.join(TRACKERS)}, all or none", self)
         if self.streaming and self.max_steps is None:
             raise ValueError("--streaming needs --max-steps: the number of windows of a stream is unknown in advance")
+        if self.push_to_hub is not None:
+            _check_repo_id(self.push_to_hub)
         if self.data and self.dataset is not None:
             raise ValueError(f"give either --data ({' '.join(self.data)}) or --dataset ({self.dataset}), not both")
 
@@ -256,6 +265,17 @@ class TrainConfig:
 
 def _finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _check_repo_id(repo_id: str) -> None:
+    # Before training, not after it: a typo in the repository name must not cost the run's time.
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise ValueError(f"--push-to-hub {repo_id!r} is not a Hub repository id (user/name): {err}") from None
 
 
 def _check(ok: bool, name: str, what: str, config: TrainConfig) -> None:

@@ -324,6 +324,9 @@ def build_datasets(config: DataConfig, seed: int = 0, shuffle: bool = True):
     train_hint, val_hint = _hints(config)
     if config.streaming:
         train, val = train_source(config), validation_source(config)
+        for source in (train, val):
+            if source is not None:
+                source.open_stream()
         every = 0 if val is not None or config.train_ratio >= 1 else max(2, round(1 / (1 - config.train_ratio)))
         common = {"max_length": length, "stride": stride, "eot_as_special": config.eot_as_special}
         train_ds = StreamingWindows(

@@ -38,9 +38,9 @@ from gptlite.training.data_identity import data_identity
 from gptlite.training.divergence import check_finite, check_finite_weights
 from gptlite.training.evaluation import evaluation_batches, loss_sums, sample_text, token_loss_sum
 from gptlite.training.monitoring import History, Progress
-from gptlite.training.outputs import TrainResult, save_outputs
+from gptlite.training.outputs import TrainResult, push_run, save_outputs
 from gptlite.training.preflight import check_trackers
-from gptlite.training.run_folder import RunFolder, claim_run_folder
+from gptlite.training.run_folder import RunFolder, claim_run_folder, run_settings
 from gptlite.training.runtime import (
     build_model,
     build_optimizer,
@@ -78,7 +78,10 @@ def train(config: TrainConfig) -> TrainResult:
         session = _Session.set_up(config, accelerator, run)
         session.restore()
         session.train_steps()
-        return session.finish(started)
+        result = session.finish(started)
+        if config.push_to_hub and accelerator.is_main_process:  # with the lock held: the folder cannot change
+            push_run(run.path, config, say=accelerator.print)
+        return result
     finally:
         if session is not None and session.progress is not None:
             session.progress.close()  # now, or tqdm redraws the bar after the error line at exit
@@ -162,6 +165,8 @@ class _Session:
         if resume is not None:
             saved = load_trainer_state(resume)
             check_resumable(saved, state, resume)
+            # Also gives self.schedule (the scheduler's factor, the same object) the checkpoint's fields: a run
+            # extended by --epochs / --max-steps keeps its schedule and warmup (which decides clipping).
             load_checkpoint(accelerator, resume, saved.num_processes)
             # load_state restores Accelerate's batch counter, which decides when gradients synchronise: count it
             # in this run's --grad-accum (a checkpoint of N processes resumed on M has another one).
@@ -169,6 +174,7 @@ class _Session:
             state.global_step, state.epoch, state.step_in_epoch = saved.global_step, saved.epoch, saved.step_in_epoch
             state.tokens_seen, self.history = saved.tokens_seen, History.from_dict(saved.history)
             self.saved_step = state.global_step
+        self.run.record_settings(run_settings(config))
         if config.report_to:
             accelerator.init_trackers("gptlite", config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
                                                          for k, v in config.to_dict().items()})
@@ -179,7 +185,7 @@ class _Session:
                                  self.peak_flops)
         self.tokenizer = get_hf_tokenizer()
         if resume is not None:
-            self.progress.write(f"Resumed from {resume} at optimizer step {state.global_step} "
+            self.progress.write(f"Resumed from {resume} at optimizer step {state.global_step} of {self.total_steps} "
                                 f"(epoch {state.epoch + 1}, step {state.step_in_epoch} of the epoch)")
         elif config.resume_from == "latest":
             self.progress.write(f"--resume-from latest: no checkpoint of this run in {self.run.path / 'checkpoints'} "
@@ -339,8 +345,9 @@ class _Session:
         save_outputs(accelerator, self.model, config, self.history, self.run, evaluated_on, self.total_steps)
         minutes, seconds = divmod(time.perf_counter() - started, 60)
         progress = self.progress
+        speed = f", training at {progress.tokens_per_second:,.0f} tokens/s" if progress.steps_timed else ""
         accelerator.print(f"{state.global_step} optimizer steps, {state.tokens_seen:,} tokens seen; this run took "
-                          f"{int(minutes)}m{seconds:04.1f}s, training at {progress.tokens_per_second:,.0f} tokens/s")
+                          f"{int(minutes)}m{seconds:04.1f}s{speed}")
         if progress.mfu is not None:
             accelerator.print(f"model FLOP utilisation {progress.mfu:.1%} per device ({self.flops_per_token / 1e9:.2f}"
                               f" GFLOP per token; peak {self.peak_flops / 1e12:.2f} TFLOP/s, {self.peak_source})")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from gptlite.training.monitoring import History
 
-__all__ = ["matplotlib_missing", "plot_losses", "plot_lr"]
+__all__ = ["loss_figure", "matplotlib_missing", "plot_losses", "plot_lr"]
 
 
 def matplotlib_missing() -> str | None:
@@ -42,7 +42,12 @@ def _save(fig, path: str | os.PathLike[str]) -> Path:
 
 def plot_losses(history: History, path: str | os.PathLike[str]) -> Path:
     """Chapter 5's figure: training and validation loss against epochs, with tokens seen on a twin x axis."""
-    from matplotlib.ticker import MaxNLocator
+    return _save(loss_figure(history), path)
+
+
+def loss_figure(history: History):
+    """The matplotlib ``Figure`` that :func:`plot_losses` saves."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     fig = _figure((5, 3))
     ax1 = fig.add_subplot()
@@ -58,7 +63,19 @@ def plot_losses(history: History, path: str | os.PathLike[str]) -> Path:
     ax2 = ax1.twiny()
     ax2.plot(history.tokens_seen, history.train_loss, alpha=0)
     ax2.set_xlabel("Tokens seen")
-    return _save(fig, path)
+    # Counts in the hundreds of thousands written out in full run into one another on a 5-inch axis.
+    ax2.xaxis.set_major_locator(MaxNLocator(nbins=5))
+    ax2.xaxis.set_major_formatter(FuncFormatter(_short_count))
+    fig.tight_layout()
+    return fig
+
+
+def _short_count(value: float, _position: int | None = None) -> str:
+    """``1250000`` -> ``"1.25M"``, ``150000`` -> ``"150k"``."""
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= size:
+            return f"{value / size:g}{suffix}"
+    return f"{value:g}"
 
 
 def plot_lr(history: History, path: str | os.PathLike[str]) -> Path:

@@ -1,7 +1,8 @@
 """The life of a run folder (``--output-dir``): who owns it, who may write in it, and how its model appears.
 
-A run folder belongs to one run. The run is named by a run id, recorded when the run starts in
-``OUTPUT_DIR/run.json`` (with the resolved settings) and in every checkpoint's ``trainer_state.json``.
+A run folder belongs to one run. The run is named by a run id, recorded once the run has set up (model,
+data, resumed checkpoint) in ``OUTPUT_DIR/run.json`` with the resolved settings, and in every checkpoint's
+``trainer_state.json``. ``gptlite-train --resume-from latest`` takes every setting from ``run.json``.
 
 * **Owning.** A new run takes a folder only if it holds no other run's model or checkpoints (a folder
   with only ``run.json`` or ``logs/`` left by a run that never checkpointed holds nothing to lose). A
@@ -57,7 +58,9 @@ from gptlite.training.checkpointing import (
     save_checkpoint,
 )
 
-__all__ = ["LOCK_FILE", "RUN_FILE", "RunFolder", "check_writable", "claim_run_folder", "read_run_record"]
+__all__ = [
+    "LOCK_FILE", "RUN_FILE", "RunFolder", "check_writable", "claim_run_folder", "read_run_record", "run_settings"
+]
 
 RUN_FILE = "run.json"
 LOCK_FILE = "run.lock"
@@ -153,6 +156,7 @@ class _Claim:
     run_id: str
     resume: str | None
     notices: list[str] = field(default_factory=list)
+    created: bool = False  # the folder did not exist before this run
 
 
 _WHAT_TO_DO = "pass --resume-from latest to continue it, --overwrite to replace it, or another --output-dir"
@@ -209,25 +213,25 @@ def check_writable(out: Path) -> None:
             raise _cannot_write(out, folder, err, why) from None
 
 
-def _claim_on_main(out: Path, resume_from: str | None, overwrite: bool, settings: dict) -> _Claim:
+def _claim_on_main(out: Path, resume_from: str | None, overwrite: bool) -> _Claim:
     if out.exists() and not out.is_dir():
         raise FolderRefused(f"--output-dir {out} exists and is not a folder")
     explicit = resolve_resume(resume_from, out) if resume_from not in (None, "latest") else None
     if explicit is not None:
         check_intact(explicit)  # before anything is written: a damaged checkpoint is one line, not a traceback
+    created = not out.exists()
     check_writable(out)
     notices: list[str] = []
     _acquire_lock(out, notices)
     try:
         claim = _decide(out, resume_from, explicit, overwrite, notices)
         remove_partial_checkpoints(out)
-        record = read_run_record(out)
-        if record is None or record["run_id"] != claim.run_id:
-            _write_json_atomically(out / RUN_FILE, {"run_id": claim.run_id, "started": time.strftime(
-                "%Y-%m-%d %H:%M:%S"), "host": socket.gethostname(), "settings": settings})
     except BaseException:
         _release_lock(out)
+        if created:
+            out.rmdir()  # refused before anything was written: leave no empty folder
         raise
+    claim.created = created
     return claim
 
 
@@ -287,11 +291,32 @@ class RunFolder:
     run_id: str
     resume: Path | None
     is_main: bool
+    created: bool = False
+    """This run made the folder: a start that fails before writing anything in it takes it away again."""
 
     def release(self) -> None:
-        """Give up the lock (main process)."""
+        """Give up the lock (main process); remove the folder if this run made it and left nothing in it."""
         if self.is_main:
             _release_lock(self.path)
+            if self.created:
+                try:
+                    self.path.rmdir()
+                except OSError:  # not empty: the run recorded itself, or wrote a checkpoint or its model
+                    pass
+
+    def record_settings(self, settings: dict) -> None:
+        """Main process: record the run and its ``settings`` in ``run.json``, once they are known to work (the
+        model, the data and a resumed checkpoint set up), so that a start that fails records nothing. A resume
+        that changed some (a longer --epochs) records them: the next resume by the folder alone takes them."""
+        if not self.is_main:
+            return
+        record = read_run_record(self.path)
+        if record is None or record["run_id"] != self.run_id:
+            record = {"run_id": self.run_id, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                      "host": socket.gethostname()}
+        elif record.get("settings") == settings:
+            return
+        _write_json_atomically(self.path / RUN_FILE, {**record, "settings": settings})
 
     def latest_checkpoint(self) -> Path | None:
         """This run's newest complete checkpoint."""
@@ -370,6 +395,11 @@ def _link_tree(source: Path, target: Path) -> None:
             raise
 
 
+def run_settings(config) -> dict:
+    """What ``run.json`` records of a run's settings: all but --overwrite, which is this command's, not the run's."""
+    return {k: v for k, v in config.to_dict().items() if k != "overwrite"}
+
+
 def claim_run_folder(config, accelerator) -> RunFolder:
     """Take ``config.output_dir`` for this run (every process calls it; the main process decides).
 
@@ -381,9 +411,8 @@ def claim_run_folder(config, accelerator) -> RunFolder:
     out = Path(config.output_dir)
     verdict: list = [None, None]
     if accelerator.is_main_process:
-        settings = {k: v for k, v in config.to_dict().items() if k != "overwrite"}
         try:
-            verdict[0] = _claim_on_main(out, config.resume_from, config.overwrite, settings)
+            verdict[0] = _claim_on_main(out, config.resume_from, config.overwrite)
         except Exception as err:  # noqa: BLE001 - re-raised here, and told to the others so that none waits
             verdict[1] = (type(err).__name__, str(err))
             if accelerator.num_processes == 1:
@@ -402,5 +431,5 @@ def claim_run_folder(config, accelerator) -> RunFolder:
         for notice in claim.notices:
             print(notice, file=sys.stderr)
     return RunFolder(out, claim.run_id, None if claim.resume is None else Path(claim.resume),
-                     accelerator.is_main_process)
+                     accelerator.is_main_process, claim.created)
 

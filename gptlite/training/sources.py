@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import logging
 import os
 import re
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptlite.errors import InputFileError
+from gptlite.downloads import DownloadError
+from gptlite.errors import InputFileError, one_line
 from gptlite.training.builtin_data import BUILTIN_TEXTS, builtin_text
 from gptlite.training.file_errors import find_table_error, locate_table_error, read_utf8_text, text_value_error
 
@@ -211,13 +214,24 @@ class TextSource:
     def _load_hub(self, streaming: bool):
         import datasets
 
-        return datasets.load_dataset(
-            self.dataset,
-            self.dataset_config,
-            split=self.dataset_split,
-            streaming=streaming,
-            cache_dir=None if streaming else self.hf_cache_dir,
-        )
+        try:
+            with _quiet_hub_retries():
+                return datasets.load_dataset(
+                    self.dataset,
+                    self.dataset_config,
+                    split=self.dataset_split,
+                    streaming=streaming,
+                    cache_dir=None if streaming else self.hf_cache_dir,
+                )
+        except ConnectionError as err:  # offline, or HF_HUB_OFFLINE set, and nothing cached
+            raise DownloadError(f"--dataset {self.dataset}: {one_line(err)}; retry online (with HF_HUB_OFFLINE "
+                                "unset), or train on local files with --data") from None
+
+    def open_stream(self) -> None:
+        """Reach a Hub dataset once before training, so that an unreachable Hub is one line at set-up, not an
+        error inside the first step (a stream is opened lazily, when iterated)."""
+        if self.dataset is not None:
+            self._load_hub(streaming=True)
 
     # -- streaming ------------------------------------------------------------------------------
 
@@ -252,6 +266,19 @@ class TextSource:
             if text is not None and not isinstance(text, str):
                 raise text_value_error(f"{where}, row {i}", self.text_column, text)
             yield text or ""
+
+
+@contextmanager
+def _quiet_hub_retries() -> Iterator[None]:
+    # huggingface_hub logs each retry of an unreachable Hub ("Retrying in 1s [Retry 1/5].", ten lines in all)
+    # before the error that gptlite reports in one line.
+    logger = logging.getLogger("huggingface_hub.utils._http")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _checked_text(ds, path: Path, fmt: str, column: str):

@@ -24,8 +24,10 @@ def test_console_script_is_declared():
 
 def test_from_hf_then_to_hf_with_verify(tmp_path, capsys):
     tiny_gpt2(tied=False).save_pretrained(tmp_path / "hf")
+    capsys.readouterr()
     assert main(["from-hf", str(tmp_path / "hf"), str(tmp_path / "lite"), "--verify"]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "Loading weights" not in err and "Writing model shards" not in err  # transformers' own bars
     assert re.search(r"wrote .*lite \(gptlite, 2 layers, 32 wide, vocab 100, float32\)", out)
     diff = float(re.search(r"largest logit difference between source and result: (\S+)", out).group(1))
     assert diff <= 1e-5
@@ -73,6 +75,22 @@ def test_offline_hub_id(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["from-hf", "gpt2", str(tmp_path / "lite"), "--cache-dir", str(tmp_path / "cache")]) == 1
     assert "HF_HUB_OFFLINE is set" in capsys.readouterr().err
+
+
+def test_an_unreachable_hub_is_one_line(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    def unreachable(*args, **kwargs):  # the Hub's own message, newline included, when the network is down
+        raise huggingface_hub.errors.LocalEntryNotFoundError(
+            "Got: ConnectError: [Errno -2] Name or service not known\nAn error happened while trying to locate the "
+            "files on the Hub. Please check your internet connection and try again.")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert main(["from-hf", "gpt2", str(tmp_path / "lite")]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("gptlite-convert from-hf: error: cannot fetch 'gpt2': the Hub cannot be reached")
+    assert "known An error happened" in line and line.endswith(f"({tmp_path / 'lite'} was not created)")
 
 
 def _convert(args: list[str], capsys) -> tuple[int, str]:

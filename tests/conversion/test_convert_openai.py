@@ -208,6 +208,7 @@ def test_unreachable_network_fails_with_a_clear_message(tmp_path, monkeypatch):
     monkeypatch.setattr(network, "_urlopen", unreachable)
     with pytest.raises(DownloadError, match="cannot fetch OpenAI's GPT-2 124M .*Network is unreachable"):
         from_openai("124M", tmp_path / "lite", cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()  # no empty cache folders left behind
 
 
 def test_unknown_size_or_folder(tmp_path):

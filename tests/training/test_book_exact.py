@@ -162,6 +162,28 @@ def test_clipping_from_the_first_step_after_warmup_is_a_different_run(tmp_path):
     assert losses["book-d4"][warmup + 1] != losses["after-warmup"][warmup + 1]
 
 
+def test_book_exact_final_numbers_are_the_saved_models_and_a_failed_start_leaves_no_folder(tmp_path, capsys):
+    from gptlite.training.cli import eval_main
+
+    corpus = write_corpus(tmp_path / "corpus.txt", n_words=800)
+    flags = ["--recipe", "book-ch5", "--emb-dim", "32", "--n-layers", "2", "--n-heads", "2", "--context-length",
+             "32", "--stride", "32", "--epochs", "1", "--sample-tokens", "1", "--cache-dir", str(tmp_path / "cache")]
+    main([*flags, "--data", str(corpus), "--output-dir", str(tmp_path / "run")])
+    printed = capsys.readouterr().out
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    steps = len(history["step_loss"])
+    assert steps % 5 != 1 and history["step"][-1] < steps - 1  # the listing's last evaluation is an earlier step's
+    eval_main([str(tmp_path / "run"), "--data", str(corpus), "--split", "validation", "--cache-dir",
+               str(tmp_path / "cache"), "--batch-size", "2", "--max-batches", "1", "--json"])
+    saved_model_loss = json.loads(capsys.readouterr().out)["loss"]
+    assert f"final validation loss {saved_model_loss:.3f}" in printed
+    assert f"after optimizer step {steps} of {steps}, on the first 1 validation batch(es) of --batch-size 2" in printed
+
+    with pytest.raises(SystemExit) as exit_info:  # the data is found missing after the folder was taken
+        main([*flags, "--data", str(tmp_path / "missing.txt"), "--output-dir", str(tmp_path / "new")])
+    assert exit_info.value.code == 2 and not (tmp_path / "new").exists()
+
+
 def test_book_appendix_d_recipe_keeps_its_modern_path():
     modern, exact = build_config("book-appendix-d"), build_config("book-appendix-d", overrides={"book_exact": True})
     assert (modern.book_exact, modern.peak_lr, modern.clip_mode) == (False, 5e-4, "after-warmup")

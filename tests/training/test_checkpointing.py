@@ -64,6 +64,17 @@ def fake_checkpoint(root, name, complete=True):
     return path
 
 
+def test_a_resume_may_lengthen_the_run_but_not_end_it_before_the_steps_done(tmp_path):
+    from gptlite.training.checkpointing import TrainerState, check_resumable
+
+    same = {"config": {"batch_size": 4, "seed": 1, "grad_accum": 1}, "architecture": {"emb_dim": 8}}
+    saved = TrainerState(global_step=12, steps_per_epoch=6, total_steps=12, **same)
+    check_resumable(saved, TrainerState(steps_per_epoch=6, total_steps=18, **same), tmp_path)  # --epochs 3
+    check_resumable(saved, TrainerState(steps_per_epoch=6, total_steps=12, **same), tmp_path)
+    with pytest.raises(ValueError, match="the checkpoint is at optimizer step 12, past the 10 steps of this run"):
+        check_resumable(saved, TrainerState(steps_per_epoch=6, total_steps=10, **same), tmp_path)
+
+
 def test_latest_ignores_partial_and_unfinished_checkpoints_and_prune_keeps_the_newest(tmp_path):
     assert latest_checkpoint(tmp_path) is None and resolve_resume("latest", tmp_path) is None
     for step in (2, 10, 4):

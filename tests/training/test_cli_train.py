@@ -97,6 +97,20 @@ def test_bad_settings_exit_with_a_message_naming_the_flag(argv, message, capsys)
     assert message in capsys.readouterr().err
 
 
+def test_help_states_each_default_once_and_only_a_real_one(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text and "(default: [])" not in text
+    assert "(default: --context-length, windows do not overlap)." in text and text.count("(default: ") >= 20
+    assert "Width of the residual stream. (default: 128)" in text
+    with pytest.raises(SystemExit):
+        eval_main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text and "(default: False)" not in text and ") (default:" not in text
+    assert "window length (default: the model's)" in text and "windows per batch (default: 8)" in text
+
+
 def test_unknown_config_file_key_names_the_file_and_the_key(tmp_path, capsys):
     settings = tmp_path / "bad.yaml"
     settings.write_text("emb_dim: 64\nlearning_rate: 0.1\n")
@@ -119,6 +133,7 @@ def test_tiny_corpus_is_a_clean_error_not_a_traceback(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "gptlite-train: error: training split has" in err and "--context-length" in err
+    assert not (tmp_path / "run").exists()  # a failed start leaves no folder, run.json or run.lock behind
 
 
 def test_module_cli_trains_with_trackers_then_eval_and_generate_use_the_result(tmp_path, capsys):
@@ -353,3 +368,28 @@ def test_train_names_the_broken_data_file_and_exits_1_or_2(tmp_path, capsys, nam
         (tmp_path / name).write_bytes(content)
     code, _, err = exit_of(capsys, main, config_flags(tiny_config(tmp_path, tmp_path / name)))
     assert code == status and message in error_line(err)
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_an_unreachable_hub_dataset_is_one_line_before_any_bar(tmp_path, capfd, monkeypatch, streaming):
+    import logging
+
+    import datasets
+
+    def unreachable(*args, **kwargs):  # what datasets does offline: huggingface_hub retries, then gives up
+        retries = logging.getLogger("huggingface_hub.utils._http")
+        for attempt in range(1, 6):
+            retries.warning("'[Errno -2] Name or service not known' thrown while requesting HEAD https://hf.co")
+            retries.warning(f"Retrying in 1s [Retry {attempt}/5].")
+        raise ConnectionError("Couldn't reach 'wikitext' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    out = tmp_path / "run"
+    flags = ["--dataset", "wikitext", "--max-steps", "5", "--output-dir", str(out), "--cache-dir", str(tmp_path / "c")]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*flags, "--streaming" if streaming else "--no-streaming"])
+    assert exit_info.value.code == 1
+    assert capfd.readouterr().err.splitlines() == [
+        "gptlite-train: error: --dataset wikitext: Couldn't reach 'wikitext' on the Hub (LocalEntryNotFoundError); "
+        "retry online (with HF_HUB_OFFLINE unset), or train on local files with --data"]
+    assert not out.exists()

@@ -37,3 +37,22 @@ def test_without_flops_there_is_no_mfu_and_one_step_still_gives_a_rate():
     assert progress.mfu is None
     assert 0 < progress.tokens_per_second <= 10_000
     assert "mfu" not in accelerator.logged[-1][1]
+
+
+@pytest.mark.parametrize("tokens_per_step", [1024, 32768])  # the main job's scale, and a GPU run's millions
+def test_the_loss_figures_token_axis_labels_do_not_run_into_one_another(tokens_per_step):
+    pytest.importorskip("matplotlib")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from gptlite.training import plots
+    from gptlite.training.monitoring import History
+
+    history = History()
+    for step in [*range(0, 333, 50), 332]:
+        history.record_eval(step, step / 111, (step + 1) * tokens_per_step, 5.0, 5.1)
+    fig = plots.loss_figure(history)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    top = fig.axes[1]  # the twin axis: tokens seen
+    boxes = [label.get_window_extent(renderer) for label in top.get_xticklabels() if label.get_text()]
+    assert len(boxes) >= 3 and all(len(label.get_text()) <= 5 for label in top.get_xticklabels())
+    assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:]))  # left to right, with room between

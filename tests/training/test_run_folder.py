@@ -7,6 +7,7 @@ byte-identical (hashes) and still loading with the same logits.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -27,7 +28,7 @@ from trainkit import (
 from gptlite.training.checkpointing import list_checkpoints, load_trainer_state
 from gptlite.training.cli import main
 from gptlite.training.loop import train
-from gptlite.training.run_folder import LOCK_FILE, RUN_FILE, read_run_record
+from gptlite.training.run_folder import LOCK_FILE, RUN_FILE, read_run_record, run_settings
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +65,19 @@ def finished_run(tmp_path, corpus, **overrides):
     config = tiny_config(tmp_path, corpus, **{"max_steps": 2, "checkpoint_every": 1, **overrides})
     train(config)
     return config, tmp_path / "run"
+
+
+def test_weights_get_the_mode_of_any_new_file_under_the_umask(tmp_path, corpus):
+    previous = os.umask(0o027)
+    try:
+        _, out = finished_run(tmp_path, corpus)
+        (tmp_path / "plain").write_text("")
+    finally:
+        os.umask(previous)
+    modes = {path.relative_to(out).as_posix(): oct(path.stat().st_mode & 0o777) for path in out.rglob("*.safetensors")}
+    assert modes == {"model.safetensors": "0o640", "checkpoints/checkpoint-1/model.safetensors": "0o640",
+                     "checkpoints/checkpoint-2/model.safetensors": "0o640"}  # safetensors itself writes 0o600
+    assert oct((tmp_path / "plain").stat().st_mode & 0o777) == "0o640"
 
 
 # -- one run per folder -------------------------------------------------------------------------
@@ -213,10 +227,13 @@ def test_resume_with_another_architecture_names_the_field_and_both_values(
     hashes = tree_hashes(out)
     code, _, err = cli(capsys, config, "--resume-from", "latest", *flags)
     line = one_line_error(err)
-    assert code == 2
-    assert f"the checkpoint's model has {field} {before}, this run would build {after}" in line
-    assert flags[0].replace("--no-", "--") in line
+    assert code == 2  # the command line is checked against run.json
+    assert f"{' '.join(flags)} contradicts the run being resumed, which has {field} {before}" in line
     assert tree_hashes(out) == hashes
+    value = after == "True" if after in ("True", "False") else int(after)
+    with pytest.raises(ValueError, match=f"the checkpoint's model has {field} {before}, this run would build {after}"):
+        train(dataclasses.replace(config, resume_from="latest", **{field: value}))  # the Python API: the checkpoint's
+    assert read_run_record(out)["settings"] == run_settings(config)
 
 
 # -- the final model: whole or not at all -----------------------------------------------------------

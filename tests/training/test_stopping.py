@@ -108,11 +108,11 @@ def test_a_signal_finishes_the_step_saves_and_resumes_bit_identically(
     monkeypatch.undo()
     out = tmp_path / "run"
     stopped = out / "checkpoints" / "checkpoint-7"
-    kept = [f for f in flags if f != "--no-overwrite"]  # the command to continue never replaces the run
     assert exit_code == code
+    # The folder records every setting: it alone continues the run (and never with --overwrite).
     assert the_line(err) == (f"gptlite-train: stopped by {signal.Signals(signum).name} after optimizer step 7 of 36 "
-                             f"and saved {stopped}; continue with: gptlite-train {' '.join(_quoted(kept))} "
-                             "--resume-from latest")
+                             f"and saved {stopped}; continue with: gptlite-train --resume-from latest --output-dir "
+                             f"{out}")
     assert latest_checkpoint(out) == stopped and load_trainer_state(stopped).step_in_epoch == 7
     assert not (out / "model.safetensors").exists() and not (out / "run.lock").exists()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
@@ -139,12 +139,6 @@ def test_a_sigint_the_launcher_ignores_stays_ignored(tmp_path, corpus, capsys, m
     assert exit_code == 0
     assert (tmp_path / "run" / "model.safetensors").exists()  # ran to the end
     assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-
-
-def _quoted(flags: list[str]) -> list[str]:
-    import shlex
-
-    return [shlex.quote(f) for f in flags]
 
 
 def test_a_second_signal_stops_at_once_and_the_last_complete_checkpoint_still_resumes(
@@ -174,7 +168,7 @@ def test_a_second_signal_stops_at_once_and_the_last_complete_checkpoint_still_re
     assert exit_code == 130
     line = the_line(err)
     assert line.startswith("gptlite-train: interrupted by SIGINT; its newest checkpoint is ")
-    assert line.endswith("--resume-from latest") and "checkpoint-4" in line
+    assert line.endswith(f"--resume-from latest --output-dir {out}") and "checkpoint-4" in line
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-4"]
 
     config.resume_from = "latest"
@@ -199,7 +193,8 @@ def test_sigterm_to_a_real_process_then_resume_ends_like_an_uninterrupted_run(tm
         child.wait()
     assert child.returncode == 143, err[-2000:]
     line = the_line(err)
-    assert "stopped by SIGTERM after optimizer step" in line and line.endswith("--resume-from latest")
+    assert "stopped by SIGTERM after optimizer step" in line
+    assert line.endswith(f"--resume-from latest --output-dir {out}")
     state = load_trainer_state(latest_checkpoint(out))
     assert state.epoch == 0 and 0 < state.step_in_epoch < state.steps_per_epoch
 
