@@ -32,7 +32,6 @@ for _auto, _model in _AUTO_CLASSES.items():
     _auto.register(GPTLiteConfig, _model, exist_ok=True)
     _model.register_for_auto_class(_auto.__name__)
 
-# Importing gptlite.hub also makes `model.push_to_hub` upload gptlite's model card and the tokenizer.
 from .hub import model_card, push_to_hub, read_training_metrics, write_model_card  # noqa: E402
 
 

@@ -1,43 +1,34 @@
 """Model cards and Hub uploads for gptlite models.
 
-Two ways to publish; both go through transformers' own `push_to_hub` and upload the same file set:
-
-* ``model.push_to_hub(repo_id)``: once ``gptlite`` is imported, the push also writes gptlite's model card and
-  the GPT-2 tokenizer files, with default options. Training metrics come from a ``history.json`` (or
-  ``all_results.json``) in the folder the model was loaded from.
-* ``gptlite.push_to_hub(model, repo_id, tokenizer=..., metrics=..., license=..., dataset=...)``: the same push with
-  those options. Use it to pass metrics or a dataset name, or to choose a licence or tokenizer.
+``gptlite.push_to_hub(model, repo_id, tokenizer=..., metrics=..., license=..., dataset=...)`` saves the model into a
+temporary folder with ``save_pretrained``, completes it with the GPT-2 tokenizer files and gptlite's model card, and
+uploads it in one commit through ``huggingface_hub``. Training metrics come from `metrics`, or from a ``history.json``
+(or ``all_results.json``) in `training_dir` or in the folder the model was loaded from. ``model.push_to_hub`` is
+transformers' own, unchanged: it uploads the model files and transformers' card.
 
 The uploaded repository holds ``config.json`` (with ``auto_map``), ``generation_config.json``, ``model.safetensors``
-(or shards and ``model.safetensors.index.json``), ``modeling_gptlite.py``, ``configuration_gptlite.py``,
-``tokenizer.json``, ``tokenizer_config.json`` and ``README.md``. Anyone can then load it with
-``AutoModelForCausalLM.from_pretrained(repo_id, trust_remote_code=True)`` without installing gptlite.
+(or shards and ``model.safetensors.index.json``), the remote code (``configuration_gptlite.py``,
+``modeling_gptlite.py``, ``compat.py``), ``tokenizer.json``, ``tokenizer_config.json`` and ``README.md``. Anyone can
+then load it with ``AutoModelForCausalLM.from_pretrained(repo_id, trust_remote_code=True)`` without gptlite.
 
 The card is regenerated on every push. If the repository's README was written by hand, its text is kept and only its
 metadata is updated: gptlite's tags are added, a missing licence is filled in, and new metrics replace the
-``model-index``.
-
-``model.save_pretrained(folder, push_to_hub=True)`` takes the same path; the README and tokenizer files then stay in
-`folder`. ``write_model_card(folder)`` writes the same README into a local folder saved with ``save_pretrained``.
-
-How the hook works: transformers' ``push_to_hub`` saves into a folder, writes its own README there, then calls
-``_upload_modified_files(folder, ...)``. Importing this module wraps that method of ``GPTLitePreTrainedModel`` so
-that it completes the folder first. The model file knows nothing of it, and a model loaded as remote code (without
-gptlite) pushes exactly as transformers does.
+``model-index``. ``write_model_card(folder)`` writes the same README into a local folder saved with
+``save_pretrained``.
 """
 
 from __future__ import annotations
 
-import contextvars
 import json
 import math
 import os
+import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
-from transformers import PreTrainedModel
+from huggingface_hub import CommitInfo, CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 
 from .configuration_gptlite import GPTLiteConfig
 from .modeling_gptlite import GPTLitePreTrainedModel
@@ -312,10 +303,6 @@ def write_model_card(
     return readme
 
 
-# Options of the current `gptlite.push_to_hub` call, read by the hook that `model.push_to_hub` runs.
-_PUSH_OPTIONS: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("gptlite_push", default=None)
-
-
 def _write_tokenizer(folder: Path, config: GPTLiteConfig, tokenizer: Any) -> None:
     if tokenizer is False:
         return
@@ -341,10 +328,17 @@ def _metrics_for(model: GPTLitePreTrainedModel, folder: Path, options: Mapping[s
     return {}
 
 
-def _complete_hub_folder(model: GPTLitePreTrainedModel, folder: str, repo_id: str) -> None:
-    """Runs inside push_to_hub before the upload: adds the tokenizer and gptlite's model card to `folder`."""
-    options = _PUSH_OPTIONS.get() or {}
-    folder = Path(folder)
+def _existing_card(repo_id: str, token: str | bool | None, folder: Path) -> None:
+    """The repository's README, if it has one, into `folder` (write_model_card keeps a hand-written text)."""
+    try:
+        card = ModelCard.load(repo_id, token=token)
+    except (EntryNotFoundError, RepositoryNotFoundError):
+        return
+    card.save(folder / "README.md")
+
+
+def _complete_hub_folder(model: GPTLitePreTrainedModel, folder: Path, repo_id: str, options: Mapping[str, Any]) -> None:
+    """Add the tokenizer and gptlite's model card to a folder `model` was saved in."""
     _write_tokenizer(folder, model.config, options.get("tokenizer"))
     write_model_card(
         folder,
@@ -358,15 +352,6 @@ def _complete_hub_folder(model: GPTLitePreTrainedModel, folder: str, repo_id: st
     )
 
 
-def _upload_modified_files(self, working_dir, repo_id, *args, **kwargs):
-    # push_to_hub has written the weights and README.md to `working_dir`; complete the folder, then upload it.
-    _complete_hub_folder(self, working_dir, repo_id)
-    return PreTrainedModel._upload_modified_files(self, working_dir, repo_id, *args, **kwargs)
-
-
-GPTLitePreTrainedModel._upload_modified_files = _upload_modified_files
-
-
 def push_to_hub(
     model: GPTLitePreTrainedModel,
     repo_id: str,
@@ -377,12 +362,15 @@ def push_to_hub(
     license: str | None = None,
     dataset: str | None = None,
     tags: Iterable[str] | None = None,
-    **push_kwargs: Any,
-):
-    """Upload `model`, its tokenizer and a model card to the Hub repository `repo_id`.
-
-    Same as ``model.push_to_hub(repo_id, **push_kwargs)`` (after ``import gptlite``), with options for the card and
-    the tokenizer.
+    commit_message: str = "Upload gptlite model",
+    commit_description: str | None = None,
+    private: bool | None = None,
+    token: str | bool | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+    max_shard_size: int | str = "5GB",
+) -> CommitInfo:
+    """Upload `model`, its tokenizer and a model card to the Hub repository `repo_id`, in one commit.
 
     Args:
         model: a gptlite model (loaded or built with gptlite imported).
@@ -395,8 +383,8 @@ def push_to_hub(
         license: a Hub licence identifier (default: the existing card's, else :data:`DEFAULT_LICENSE`).
         dataset: the training data's Hub id or name.
         tags: extra tags for the card.
-        **push_kwargs: passed to transformers' ``push_to_hub``: ``commit_message``, ``commit_description``,
-            ``private``, ``token``, ``revision``, ``create_pr``, ``max_shard_size``.
+        commit_message, commit_description, private, token, revision, create_pr: as ``huggingface_hub``'s.
+        max_shard_size: passed to ``save_pretrained``.
 
     Returns:
         The ``CommitInfo`` of the upload.
@@ -406,19 +394,16 @@ def push_to_hub(
             f"gptlite.push_to_hub needs a gptlite model, got {type(model).__module__}.{type(model).__name__}; "
             "a model loaded as remote code before `import gptlite` is a different class: reload it after importing"
         )
-    tags = list(tags or ())
-    if tags:
-        push_kwargs["tags"] = tags  # transformers adds them to its placeholder card, whose tags the hook keeps
-    options = {
-        "tokenizer": tokenizer,
-        "metrics": metrics,
-        "training_dir": training_dir,
-        "license": license,
-        "dataset": dataset,
-        "tags": tags,
-    }
-    token = _PUSH_OPTIONS.set(options)
-    try:
-        return model.push_to_hub(repo_id, **push_kwargs)
-    finally:
-        _PUSH_OPTIONS.reset(token)
+    options = {"tokenizer": tokenizer, "metrics": metrics, "training_dir": training_dir, "license": license,
+               "dataset": dataset, "tags": list(tags or ())}
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        model.save_pretrained(folder, max_shard_size=max_shard_size)
+        _existing_card(repo_id, token, folder)
+        _complete_hub_folder(model, folder, repo_id, options)
+        operations = [CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=str(path))
+                      for path in sorted(folder.rglob("*")) if path.is_file()]
+        return api.create_commit(repo_id, operations, commit_message=commit_message,
+                                 commit_description=commit_description, revision=revision, create_pr=create_pr)

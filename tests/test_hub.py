@@ -44,9 +44,9 @@ def assert_same_weights(loaded: torch.nn.Module, original: torch.nn.Module) -> N
         assert torch.equal(loaded.state_dict()[name], tensor), name
 
 
-def test_model_push_to_hub_uploads_weights_code_tokenizer_and_card(hub, tmp_path):
+def test_push_to_hub_uploads_weights_code_tokenizer_and_card_in_one_commit(hub, tmp_path):
     model = tiny_model()
-    commit = model.push_to_hub(REPO_ID)
+    commit = gptlite.push_to_hub(model, REPO_ID)
 
     assert hub.created[0]["repo_id"] == REPO_ID
     assert commit.oid == "0" * 40
@@ -80,7 +80,7 @@ def test_push_reads_the_training_history_next_to_the_loaded_weights(hub, tmp_pat
     (run / "history.json").write_text(json.dumps(BOOK_HISTORY))
     model = AutoModelForCausalLM.from_pretrained(run)
 
-    model.push_to_hub(REPO_ID)
+    gptlite.push_to_hub(model, REPO_ID)
 
     assert "history.json" not in hub.files  # the folder that was uploaded is a fresh save, not the run folder
     meta = front_matter(hub.readme())
@@ -96,20 +96,13 @@ def test_push_reads_the_training_history_next_to_the_loaded_weights(hub, tmp_pat
     assert "| tokens_seen | 10752 |" in hub.readme()
 
 
-def test_save_pretrained_with_push_to_hub_completes_and_uploads_the_folder(hub, tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "history.json").write_text(json.dumps(BOOK_HISTORY))
-    model = tiny_model()
-
-    # A str: transformers 5.4's push_to_hub branch calls save_directory.split (a Path fails there, fixed later).
-    model.save_pretrained(str(run), push_to_hub=True, repo_id=REPO_ID)
-
-    # The folder itself is what gets uploaded (files written by this save), so the card and tokenizer stay in it.
-    assert set(hub.files) == MODEL_FILES | TOKENIZER_FILES | {"README.md"}
-    assert (run / "README.md").read_bytes() == hub.files["README.md"]
-    assert (run / "tokenizer.json").is_file()
-    assert front_matter(hub.readme())["model-index"][0]["results"][0]["metrics"][0]["value"] == 3.2
+def test_transformers_own_push_to_hub_is_left_as_transformers_has_it(hub):
+    # No class patched: model.push_to_hub uploads what transformers uploads (the model, its code, its card).
+    commit = tiny_model().push_to_hub(REPO_ID)
+    assert commit.oid == "0" * 40
+    assert MODEL_FILES <= set(hub.files)
+    assert not TOKENIZER_FILES & set(hub.files)
+    assert "gptlite" not in front_matter(hub.readme()).get("tags", [])
 
 
 def test_gptlite_push_to_hub_with_options(hub, tmp_path):
