@@ -53,7 +53,14 @@ def recorded_run(resume_from: str | None, output_dir: str | os.PathLike[str]) ->
     (a folder without ``run.json``, from before gptlite recorded runs, gives None: its flags apply as given).
     A checkpoint folder: that checkpoint, with the settings it was written with.
     """
-    from gptlite.training.checkpointing import TRAINER_STATE_NAME, latest_checkpoint, resolve_resume
+    from gptlite.training.checkpoint_files import checkpoint_damage
+    from gptlite.training.checkpointing import (
+        TRAINER_STATE_NAME,
+        check_intact,
+        list_checkpoints,
+        newest_intact_checkpoint,
+        resolve_resume,
+    )
     from gptlite.training.run_folder import RUN_FILE, read_run_record
 
     if resume_from is None:
@@ -61,11 +68,17 @@ def recorded_run(resume_from: str | None, output_dir: str | os.PathLike[str]) ->
     if resume_from == "latest":
         out = Path(output_dir)
         record = read_run_record(out) if out.is_dir() else None
-        checkpoint = latest_checkpoint(out, record["run_id"]) if record else None
+        found = list_checkpoints(out, record["run_id"]) if record else []
+        # The one the resume will take: the newest whole checkpoint (the claim sets damaged ones aside and says so).
+        whole = [path for path in found if checkpoint_damage(path) is None]
+        if found and not whole:
+            newest_intact_checkpoint(out, record["run_id"], [])  # every one damaged: the error names the newest
+        checkpoint = whole[-1] if whole else None
         if checkpoint is None or not isinstance(record.get("settings"), dict):
             return None
         return RecordedRun(record["settings"], out / RUN_FILE, checkpoint)
     checkpoint = resolve_resume(resume_from, output_dir)
+    check_intact(checkpoint)  # a damaged checkpoint is refused naming the file, before its settings are read
     try:
         settings = json.loads((checkpoint / TRAINER_STATE_NAME).read_text(encoding="utf-8")).get("config")
     except (OSError, ValueError, AttributeError):
