@@ -46,27 +46,48 @@ _KNOWN_SUFFIXES = (*TEXT_SUFFIXES, *TABLE_FORMATS)
 
 
 def default_corpus() -> list[str]:
-    """The built-in corpus: CPython's ``pydoc_data.topics.topics`` (about 465 KB of English), one document per topic.
+    """The built-in corpus: CPython's ``pydoc_data.topics.topics`` (about 390 KB of English once its layout is
+    removed), one document per topic (see :func:`plain_topic`).
 
-    Topics are ordered by name, so the corpus is the same on every run of a given Python version.
-    Prose paragraphs are unwrapped (see :func:`unwrap_prose`). This is what ``gptlite-train`` trains
-    on when given no data.
+    Topics are ordered by name, so the corpus is the same on every run of a given Python version. This is
+    what ``gptlite-train`` trains on when given no data.
     """
     from pydoc_data.topics import topics
 
-    return [unwrap_prose(topics[name]) for name in sorted(topics)]
+    return [plain_topic(topics[name]) for name in sorted(topics)]
 
 
 _UNDERLINE = re.compile(r"^([*=\-^~#])\1+$")
+_QUOTED_CODE = re.compile(r'"(\S[^"\n]{0,38}?)"')  # pydoc sets code in quotes: "for", "__init__()"
+_LINE_MARKER = re.compile(r"^(?:[*\-] |>>> |\.\.\. |\d+\. )")  # bullets, numbered items, doctest prompts
+_GRID_TABLE = ("|", "+-", "+=")
+
+
+def plain_topic(text: str) -> str:
+    """A pydoc topic's lines without their layout, as the built-in corpus holds it.
+
+    Its prose paragraphs are unwrapped (:func:`unwrap_prose`); then indentation, aligning spaces and blank
+    lines go, and so do title underlines and grid-table rows; bullets, item numbers and doctest prompts leave
+    their lines, and code leaves pydoc's quotes (``"for"`` -> ``for``). A 6-layer model decoding greedily falls
+    into the likeliest token that follows itself, and the layout's are the likeliest: trained on the layout,
+    the main job's samples were the prompt and then 49 newlines (without blank lines, spaces of indentation;
+    without those, bullets).
+    """
+    lines = []
+    for line in unwrap_prose(text).split("\n"):
+        line = _LINE_MARKER.sub("", " ".join(line.split()))
+        if line and not _UNDERLINE.match(line) and not line.startswith(_GRID_TABLE):
+            lines.append(line)
+    return _QUOTED_CODE.sub(r"\1", "\n".join(lines))
 
 
 def unwrap_prose(text: str) -> str:
     """Join each plain paragraph of ``text`` into one line with single spaces; keep every other block as it is.
 
-    pydoc's topics are hard-wrapped at about 70 columns with two spaces after each sentence. A small model
-    trained on that puts a newline or a space after almost every word when decoding greedily, so the
-    built-in corpus joins paragraphs whose lines all start at column 0. Indented blocks (code, lists)
-    and titles with their underline keep their layout.
+    pydoc's topics are hard-wrapped at about 70 columns with two spaces after each sentence: a paragraph whose
+    lines all start at column 0 is joined, so that a bullet or item number that wrapping put at the start
+    of a line is not taken for one. Indented blocks (code, lists) and titles with their underline keep their
+    layout.
     """
     blocks = []
     for block in text.split("\n\n"):

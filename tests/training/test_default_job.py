@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from trainkit import run, subprocess_env, train_command
@@ -37,3 +38,25 @@ def test_default_job_runs_and_its_model_continues_a_prompt(tmp_path):
     generated = run(["gptlite-generate", str(out), "--prompt", "The for statement", "--max-new-tokens", "5"], env)
     assert generated.returncode == 0, generated.stderr[-2000:]
     assert generated.stdout.startswith("The for statement")
+
+
+def words_after(prompt: str, text: str) -> list[str]:
+    assert text.startswith(prompt), text
+    return re.findall(r"[A-Za-z]{2,}", text[len(prompt):])
+
+
+@pytest.mark.slow
+def test_the_main_job_samples_and_its_follow_up_show_words(tmp_path):
+    """The whole main job (about 2 minutes on an idle 2-core machine): the greedy sample after each epoch and the
+    first screen's follow-up, gptlite-generate runs/default --prompt "The for statement", print words. Trained on
+    pydoc's layout, they printed the prompt and then blank lines."""
+    out, env = tmp_path / "run", subprocess_env(tmp_path)
+    env.pop("OMP_NUM_THREADS")  # as a user runs it: every core
+    done = run(train_command("--output-dir", str(out), "--cache-dir", str(tmp_path / "cache")), env, timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    samples = [line for line in done.stdout.splitlines() if line.startswith("The for statement")]
+    generated = run(["gptlite-generate", str(out), "--prompt", "The for statement"], env)
+    assert generated.returncode == 0, generated.stderr[-2000:]
+    assert len(samples) == 3
+    for text in [*samples, generated.stdout]:
+        assert len(words_after("The for statement", text)) >= 10, text
