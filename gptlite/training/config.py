@@ -1,8 +1,7 @@
 """Every setting of a training run, in one dataclass: the Python API and the CLI's flags (``--emb-dim`` is ``emb_dim``).
 
 :class:`TrainConfig`'s defaults are the main job, ``gptlite-train`` with no arguments: a small GPT trained on
-the Python documentation that CPython ships (``pydoc_data.topics``) in a few minutes on two CPU cores (the
-``default`` recipe halves its batch, see :mod:`gptlite.training.recipes`).
+the Python documentation that CPython ships (``pydoc_data.topics``) in a few minutes on two CPU cores.
 :mod:`gptlite.training.recipes` holds the book's settings and merges recipe, config file and flags.
 """
 

@@ -1,7 +1,7 @@
 """Built-in recipes and how a run's settings are put together: recipe < ``--config`` file < flags.
 
 * ``default``: the main job, :class:`~gptlite.training.config.TrainConfig`'s defaults (a small model on
-  the built-in Python-documentation corpus) at batch 4, sampling from "The for statement".
+  the built-in Python-documentation corpus), sampling from "The for statement".
 * ``book-ch5``: chapter 5 of the book: the 124M model at context 256, stride 256, batch 2, 10 epochs,
   AdamW at a constant 4e-4 with weight decay 0.1, evaluation every 5 steps over 1 batch, no clipping.
   It runs book-exact (:mod:`gptlite.training.book_exact`): the book's loop and random draws, so its
@@ -57,9 +57,7 @@ _BOOK_124M = {
 }
 
 RECIPES: dict[str, dict[str, Any]] = {
-    # Batch 4: twice the optimizer steps per epoch for the same tokens and time, so that the first epoch's
-    # greedy sample already shows words (at batch 8 it was the prompt, then a full stop and blank lines).
-    "default": {"start_context": "The for statement", "batch_size": 4},
+    "default": {"start_context": "The for statement"},
     "book-ch5": {
         **_BOOK_124M,
         "epochs": 10,

@@ -48,7 +48,7 @@ def test_flags_override_the_config_file_which_overrides_the_recipe(tmp_path, cap
 def test_no_arguments_is_the_default_recipe(capsys):
     config = printed_config(capsys)
     assert config["data"] == [] and config["output_dir"] == "runs/default"  # the built-in corpus
-    assert config["start_context"] == "The for statement" and config["batch_size"] == 4
+    assert config["start_context"] == "The for statement"
 
 
 def test_book_recipes_have_the_books_settings():

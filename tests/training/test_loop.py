@@ -118,7 +118,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, corpus
     assert diff <= 1e-6, diff
 
 
-def test_max_steps_stops_inside_an_epoch_and_resuming_a_finished_run_does_nothing(tmp_path, corpus):
+def test_max_steps_stops_inside_an_epoch_and_resuming_a_finished_run_does_nothing(tmp_path, corpus, capsys):
     config = tiny_config(tmp_path, corpus, max_steps=3, eval_freq=100)
     result = train(config)
     out = tmp_path / "run"
@@ -127,8 +127,11 @@ def test_max_steps_stops_inside_an_epoch_and_resuming_a_finished_run_does_nothin
     assert (state.epoch, state.step_in_epoch, state.total_steps) == (0, 3, 3)
     before = weights(out)
     config.resume_from = "latest"
+    capsys.readouterr()
     again = train(config)
     assert again.global_step == 3 and again.history.to_dict() == result.history.to_dict()
+    printed = capsys.readouterr().out
+    assert "at optimizer step 3 of 3" in printed and "training at" not in printed  # no "0 tokens/s"
     assert max_abs_difference(before, weights(out)) == 0.0
 
 
