@@ -139,7 +139,7 @@ def end_to_end(
     gptlite-train's steady-state tokens/s is its own report. The other side's step runs between two of
     gptlite-train's steps, outside them: gptlite-train times a step from its start to its end.
     """
-    from gptlite.training import loop
+    from gptlite.training import loop, session
     from gptlite.training.config import TrainConfig
     from gptlite.training.monitoring import Progress
 
@@ -159,12 +159,12 @@ def end_to_end(
             context_length=context_length, batch_size=batch_size, max_steps=rounds + 1, eval_freq=10**9, eval_iter=1,
             mixed_precision="bf16" if precision == "bf16" else "no", output_dir=out, sample_tokens=1,
         )
-        config = TrainConfig(**{**settings, **overrides})
-        original, loop.Progress = loop.Progress, Interleaved
+        config = TrainConfig.from_flat({**settings, **overrides})
+        original, session.Progress = session.Progress, Interleaved
         try:
             result = loop.train(config)
         finally:
-            loop.Progress = original
+            session.Progress = original
     # Both sides' first step pays for warm-up: gptlite-train excludes its own, and so does the ratio here.
     measurement = Measurement(f"gptlite-train {precision} b{batch_size}", result.tokens_per_second, float("nan"))
     return measurement, ours[1:], theirs[1:]
@@ -176,9 +176,9 @@ def as_trained(model):
     from gptlite.training.runtime import build_model
 
     cfg = model.config
-    config = TrainConfig(emb_dim=cfg.emb_dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads, qkv_bias=cfg.qkv_bias,
-                         tie_word_embeddings=cfg.tie_word_embeddings, drop_rate=cfg.drop_rate,
-                         context_length=cfg.context_length)
+    config = TrainConfig.from_flat(dict(
+        emb_dim=cfg.emb_dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads, qkv_bias=cfg.qkv_bias,
+        tie_word_embeddings=cfg.tie_word_embeddings, drop_rate=cfg.drop_rate, context_length=cfg.context_length))
     trained = build_model(config)
     assert sum(p.numel() for p in trained.parameters()) == sum(p.numel() for p in model.parameters())
     return trained

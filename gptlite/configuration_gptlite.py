@@ -28,7 +28,13 @@ _PRESET_ALIASES = {
     "774M": "gpt2-large",
     "1558M": "gpt2-xl",
 }
-_INITIALIZERS = ("gpt2", "book")
+# The fields that fix the weights' shapes or their meaning (the same matrix split into other heads): what a
+# checkpoint must share with the run resuming it. A preset (or a model to start from) fixes all but the first two.
+ARCHITECTURE_FIELDS: tuple[str, ...] = (
+    "vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "qkv_bias", "tie_word_embeddings",
+)  # fmt: skip
+PRESET_FIELDS: tuple[str, ...] = ARCHITECTURE_FIELDS[2:]
+INITIALIZERS: tuple[str, ...] = ("gpt2", "book")
 _POSITIVE_INTS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers")
 _NUMBERS = ("drop_rate", "layer_norm_eps", "initializer_range")
 _BOOLS = ("qkv_bias", "use_cache", "tie_word_embeddings")
@@ -53,7 +59,7 @@ def _check_types(fields: dict) -> None:
         if not isinstance(fields[name], bool):
             refuse(name, "true or false")
     if not isinstance(fields["initializer"], str):
-        refuse("initializer", f"one of {_INITIALIZERS}")
+        refuse("initializer", f"one of {INITIALIZERS}")
     for name in _TOKEN_IDS:
         value = fields[name]
         ids = value if name == "eos_token_id" and isinstance(value, (list, tuple)) else [value]
@@ -183,8 +189,8 @@ class GPTLiteConfig(PretrainedConfig):
             raise ValueError(f"GPTLiteConfig.drop_rate must be in [0, 1), got {self.drop_rate!r}")
         if not self.layer_norm_eps > 0:
             raise ValueError(f"GPTLiteConfig.layer_norm_eps must be positive, got {self.layer_norm_eps!r}")
-        if self.initializer not in _INITIALIZERS:
-            raise ValueError(f"GPTLiteConfig.initializer must be one of {_INITIALIZERS}, got {self.initializer!r}")
+        if self.initializer not in INITIALIZERS:
+            raise ValueError(f"GPTLiteConfig.initializer must be one of {INITIALIZERS}, got {self.initializer!r}")
 
     @property
     def head_dim(self) -> int:
@@ -204,4 +210,9 @@ class GPTLiteConfig(PretrainedConfig):
         return cls(**{**fields, **overrides})
 
 
-__all__ = ["GPTLiteConfig"]
+__all__ = ["ARCHITECTURE_FIELDS", "INITIALIZERS", "PRESET_FIELDS", "GPTLiteConfig", "preset_names"]
+
+
+def preset_names() -> list[str]:
+    """Every name :meth:`GPTLiteConfig.from_preset` takes: the book's four sizes and their aliases."""
+    return sorted({*_PRESETS, *_PRESET_ALIASES})

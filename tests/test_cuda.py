@@ -55,9 +55,10 @@ def test_bf16_training_run_on_cuda(tmp_path):
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the for statement is used to iterate over the elements of a sequence\n" * 300)
-    config = TrainConfig(data=[str(corpus)], cache_dir=str(tmp_path / "c"), output_dir=str(tmp_path / "run"),
-                         emb_dim=64, n_layers=2, n_heads=2, context_length=32, batch_size=8, epochs=2, eval_freq=5,
-                         eval_iter=2, mixed_precision="bf16", sample_tokens=3, start_context="the", peak_lr=5e-3)
+    config = TrainConfig.from_flat(dict(
+        data=[str(corpus)], cache_dir=str(tmp_path / "c"), output_dir=str(tmp_path / "run"), emb_dim=64, n_layers=2,
+        n_heads=2, context_length=32, batch_size=8, epochs=2, eval_freq=5, eval_iter=2, mixed_precision="bf16",
+        sample_tokens=3, start_context="the", peak_lr=5e-3))
     try:
         result = train(config)
     finally:

@@ -27,10 +27,13 @@ from typing import Any
 
 import torch
 
+from gptlite.configuration_gptlite import ARCHITECTURE_FIELDS
 from gptlite.errors import InputFileError, one_line
 from gptlite.folders import FolderWriteError, write_failure
 from gptlite.training.checkpoint_files import checkpoint_damage, file_sizes
+from gptlite.training.config import TrainConfig
 from gptlite.training.data_identity import describe_change
+from gptlite.training.flags import flag
 
 # Accelerate drops the tied output head from a checkpoint's safetensors, then warns "This should be OK, but check
 # ... while reloading" at every checkpoint. For gptlite's own tie it is OK: loading ties the head again
@@ -98,15 +101,9 @@ class TrainerState:
     """Every other file of the checkpoint and its size, checked before resuming (:mod:`.checkpoint_files`)."""
 
 
-# GPTLiteConfig fields that fix the shapes or the meaning of the weights: a resume must not change them.
-ARCHITECTURE: tuple[str, ...] = (
-    "vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "qkv_bias", "tie_word_embeddings",
-)  # fmt: skip
-
-
 def model_architecture(model_config) -> dict[str, Any]:
-    """The :data:`ARCHITECTURE` fields of a ``GPTLiteConfig``."""
-    return {name: getattr(model_config, name) for name in ARCHITECTURE}
+    """The ``ARCHITECTURE_FIELDS`` of a ``GPTLiteConfig``: what a resume must not change."""
+    return {name: getattr(model_config, name) for name in ARCHITECTURE_FIELDS}
 
 
 def checkpoints_dir(output_dir: str | os.PathLike[str]) -> Path:
@@ -234,11 +231,9 @@ def check_resumable(saved: TrainerState, now: TrainerState, checkpoint: Path) ->
     matrix split into other heads); the data order depends on the others. The run may be longer than the
     checkpoint's (extended), not shorter than the steps it has done.
     """
-    from gptlite.training.config import TrainConfig, flag
-
-    flags = set(TrainConfig.__dataclass_fields__)
+    flags = TrainConfig.field_types()
     recorded = saved.architecture or _architecture_from_settings(saved.config)
-    for name in ARCHITECTURE:
+    for name in ARCHITECTURE_FIELDS:
         before, after = recorded.get(name), now.architecture.get(name)
         if before is not None and before != after:
             named = flag(name) if name in flags else name
@@ -301,13 +296,11 @@ def remove_partial_checkpoints(output_dir: str | os.PathLike[str]) -> list[Path]
 
 def _architecture_from_settings(settings: dict[str, Any]) -> dict[str, Any]:
     # Checkpoints written before TrainerState recorded the architecture: rebuild it from the run's settings.
-    from gptlite.training.config import TrainConfig
-
     if not settings or settings.get("init_from"):
         return {}
     try:
-        known = {k: v for k, v in settings.items() if k in TrainConfig.__dataclass_fields__}
-        return model_architecture(TrainConfig(**known).model_config())
+        known = {k: v for k, v in settings.items() if k in TrainConfig.field_types()}
+        return model_architecture(TrainConfig.from_flat(known).model_config())
     except (TypeError, ValueError):
         return {}
 

@@ -17,64 +17,28 @@ SIGTERM. Each failure is one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
-import ast
-import dataclasses
-import functools
-import inspect
 import json
 import os
 import shlex
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from gptlite.console import quiet_transformers_bars
 from gptlite.downloads import DownloadError
 from gptlite.errors import fail, sigterm_unwinds
-from gptlite.training.config import TrainConfig, flag
-from gptlite.training.recipes import RECIPES, build_config, coerce, field_kind
+from gptlite.loading import model_folder, read_model_config
+from gptlite.training.config import MIXED_PRECISIONS, SECTIONS, DataConfig
+from gptlite.training.evaluation import evaluate_model
+from gptlite.training.flags import add_flags
+from gptlite.training.recipes import RECIPES, build_config
 from gptlite.training.resume import finished_message, resolve_settings
 
 __all__ = ["build_eval_parser", "build_parser", "eval_main", "main"]
 
-_SECTIONS = {
-    "data": "data",
-    "preset": "model",
-    "batch_size": "optimisation",
-    "eval_freq": "monitoring",
-    "output_dir": "checkpoints and outputs",
-    "seed": "run",
-}
-
-
-@functools.cache
-def _field_docs() -> dict[str, str]:
-    """The docstring under each TrainConfig field (the one source of the flags' help)."""
-    try:
-        tree = ast.parse(inspect.getsource(TrainConfig))
-    except (OSError, TypeError):  # no source (e.g. a frozen build): flags just lack help
-        return {}
-    docs, body = {}, tree.body[0].body
-    for node, after in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
-            docs[node.target.id] = " ".join(str(after.value.value).split())
-    return docs
-
-
-def _converter(name: str) -> Callable[[str], Any]:
-    is_list = field_kind(name)[2]
-
-    def convert(text: str) -> Any:  # argparse calls it once per item of a list flag
-        try:
-            value = coerce(name, [text] if is_list else text, flag(name))
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-        return value[0] if is_list else value
-
-    convert.__name__ = name
-    return convert
+# The help's group of each part of the settings.
+_TITLES = {"data": "data", "model": "model", "optim": "optimisation", "eval": "monitoring",
+           "run": "checkpoints, outputs and the run"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,41 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a gptlite model with Accelerate. With no arguments: the main job, a small GPT "
         "trained on the Python documentation that ships with CPython, saved in runs/default.",
         argument_default=argparse.SUPPRESS,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--recipe", choices=list(RECIPES), help="built-in settings to start from (default: default)")
     parser.add_argument("--config", help="YAML or JSON file of settings; flags override it, it overrides the recipe")
     parser.add_argument("--print-config", action="store_true", help="print the resolved settings as JSON and exit")
-    group = parser
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in _SECTIONS:
-            group = parser.add_argument_group(_SECTIONS[f.name])
-        kind, _, is_list = field_kind(f.name)
-        help_text = _help_text(f.name, defaults[f.name])
-        if kind is bool:
-            group.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, help=help_text)
-        else:
-            nargs = "+" if is_list else None
-            group.add_argument(flag(f.name), type=_converter(f.name), nargs=nargs, metavar=f.name.upper(),
-                               help=help_text)
+    for name, part in SECTIONS.items():
+        add_flags(parser.add_argument_group(_TITLES[name]), part, defaults)
     return parser
-
-
-class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """argparse's "(default: X)", left out where X says nothing (None, [], False) or the help already names it."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, [], False) or "default" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
-
-
-def _help_text(name: str, default: Any) -> str:
-    """A field's docstring, and its default unless that is nothing to show (None, []) or the text says it already."""
-    text = _field_docs().get(name, "")
-    if default not in (None, []) and "(default:" not in text:
-        text += f" (default: {default!r})"
-    return text.replace("%", "%%")
 
 
 def _exit_on_user_error(parser: argparse.ArgumentParser, err: BaseException) -> None:
@@ -163,7 +99,7 @@ def _train_main(argv: list[str]) -> None:
         if _is_main_process():
             print(f"{parser.prog}: stopped by {signal.Signals(stop.signum).name} after optimizer step "
                   f"{stop.global_step} of {stop.total_steps} and saved {stop.checkpoint}; continue with: "
-                  f"{_resume_command(parser.prog, config.output_dir)}", file=sys.stderr, flush=True)
+                  f"{_resume_command(parser.prog, config.run.output_dir)}", file=sys.stderr, flush=True)
         sys.exit(exit_code(stop.signum))
     except KeyboardInterrupt as err:  # Ctrl-C (or a second signal) outside a step: nothing more is saved
         signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
@@ -185,13 +121,13 @@ def _train_main(argv: list[str]) -> None:
 
 def _finished(parser: argparse.ArgumentParser, config, finished: str) -> None:
     """A finished run: say so, or (with --push-to-hub) push what it saved, which is how a failed push is retried."""
-    if config.push_to_hub is None:
+    if config.run.push_to_hub is None:
         print(f"{parser.prog}: {finished}")
         return
     from gptlite.training.outputs import push_run
 
     try:
-        push_run(config.output_dir, config)
+        push_run(config.run.output_dir, config)
     except OSError as err:
         _exit_on_user_error(parser, err)
 
@@ -214,37 +150,38 @@ def _what_is_left(config, prog: str) -> str:
     from gptlite.training.checkpointing import latest_checkpoint
     from gptlite.training.run_folder import read_run_record
 
-    out = Path(config.output_dir)
+    out = Path(config.run.output_dir)
     record = read_run_record(out) if out.is_dir() else None
     latest = latest_checkpoint(out, record["run_id"]) if record else None
     if latest is None:
         return "nothing of this run was saved"
-    return f"its newest checkpoint is {latest}; continue with: {_resume_command(prog, config.output_dir)}"
+    return f"its newest checkpoint is {latest}; continue with: {_resume_command(prog, config.run.output_dir)}"
+
+
+# What gptlite-eval's data flags mean there: the model fixes the windows' length, and the whole corpus is scored.
+_EVAL_NOTES = {
+    "context_length": "Window length (default: the model's).",
+    "train_ratio": "Training share of the corpus, for --split train/validation.",
+}
 
 
 def build_eval_parser() -> argparse.ArgumentParser:
-    """The ``gptlite-eval`` parser (the arguments of :func:`~gptlite.training.evaluation.evaluate_model`)."""
+    """The ``gptlite-eval`` parser: the model, the data flags of ``gptlite-train`` and how much to score."""
     parser = argparse.ArgumentParser(
         prog="gptlite-eval",
         description="Loss and perplexity of a model on a corpus, cut into the windows training uses.",
-        formatter_class=_DefaultsHelpFormatter,
+        argument_default=argparse.SUPPRESS,
     )
     parser.add_argument("model", help="a folder written by gptlite-train / save_pretrained, or a Hub id")
-    parser.add_argument("--data", nargs="+", default=None, help="text files, folders or globs (none: built-in corpus)")
-    parser.add_argument("--dataset", default=None, help="Hugging Face Hub dataset instead of files")
-    parser.add_argument("--dataset-config", default=None, help="configuration (subset) of the Hub dataset")
-    parser.add_argument("--dataset-split", default="train", help="split of the Hub dataset")
-    parser.add_argument("--text-column", default="text", help="column holding the text in tables and datasets")
-    parser.add_argument("--context-length", type=int, default=None, help="window length (default: the model's)")
-    parser.add_argument("--stride", type=int, default=None, help="step between windows (default: the length)")
-    parser.add_argument("--split", choices=["all", "train", "validation"], default="all",
-                        help="all windows, or the training / validation part that --train-ratio makes")
-    parser.add_argument("--train-ratio", type=float, default=0.9, help="training share for --split train/validation")
-    parser.add_argument("--batch-size", type=int, default=8, help="windows per batch")
-    parser.add_argument("--max-batches", type=int, default=None, help="evaluate at most this many batches")
-    parser.add_argument("--cache-dir", default=None, help="folder of the token cache")
-    parser.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default=None, help="autocast dtype")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_flags(parser.add_argument_group("data"), DataConfig, {"context_length": None}, notes=_EVAL_NOTES,
+              skip=("shuffle_buffer",))
+    group = parser.add_argument_group("evaluation")
+    group.add_argument("--split", choices=["all", "train", "validation"], default="all",
+                       help="all windows, or the training / validation part that --train-ratio makes (default: all)")
+    group.add_argument("--batch-size", type=int, default=8, help="windows per batch (default: 8)")
+    group.add_argument("--max-batches", type=int, default=None, help="evaluate at most this many batches")
+    group.add_argument("--mixed-precision", choices=list(MIXED_PRECISIONS), default=None, help="autocast dtype")
+    group.add_argument("--json", action="store_true", default=False, help="print the result as JSON")
     return parser
 
 
@@ -254,10 +191,13 @@ def eval_main(argv: list[str] | None = None) -> None:
     parser = build_eval_parser()
     args = vars(parser.parse_args(argv))
     as_json = args.pop("json")
-    from gptlite.training.evaluation import evaluate_model
+    how = {key: args.pop(key) for key in ("split", "batch_size", "max_batches", "mixed_precision")}
+    model = args.pop("model")
 
     try:
-        result = evaluate_model(**args)
+        if "context_length" not in args:
+            args["context_length"] = read_model_config(model_folder(model))[1].context_length
+        result = evaluate_model(model, DataConfig(**args), **how)
     except DownloadError as err:
         parser.exit(1, f"{parser.prog}: error: {err}\n")
     except (ValueError, KeyError, OSError, KeyboardInterrupt) as err:

@@ -26,13 +26,14 @@ import re
 import shutil
 import socket
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
 from gptlite.folders import fsync_tree, process_alive
+from gptlite.training.flags import is_int, require, setting
 from gptlite.training.sources import TextSource, resolve_files, single_document
 from gptlite.training.token_cache import (
     SHARD_TOKENS,
@@ -58,55 +59,50 @@ CACHE_VERSION = 2  # 2: uint16 shards (TokenShards); 1 was one train.npy/val.npy
 
 @dataclass
 class DataConfig:
-    """Where the training text comes from and how it becomes windows. Defaults follow chapter 5."""
+    """Where the training text comes from and how it becomes windows: the ``data`` part of a run's settings.
 
-    data: list[str] = field(default_factory=list)
-    """Local text files, folders (searched recursively) and globs; JSONL/CSV/Parquet use ``text_column``.
-    Empty with no ``dataset``: the built-in corpus (CPython's ``pydoc_data.topics``)."""
-    dataset: str | None = None
-    """🤗 Hub dataset name for ``datasets.load_dataset`` (needs network the first time)."""
-    dataset_config: str | None = None
-    """Configuration (subset) name of the Hub dataset."""
-    dataset_split: str = "train"
-    """Split of the Hub dataset used for training."""
-    validation_data: list[str] = field(default_factory=list)
-    """Separate validation files/folders/globs; when given (or ``validation_split``), ``train_ratio`` is unused."""
-    validation_split: str | None = None
-    """Split of the Hub ``dataset`` used for validation (e.g. ``"validation"``)."""
-    text_column: str = "text"
-    """Column holding the text in JSONL/CSV/Parquet files and Hub datasets."""
-    streaming: bool = False
-    """Tokenize on the fly and never hold the corpus in memory (no cache; see the module docstring for the split)."""
-    context_length: int = 256
-    """Tokens per training window (the model's context length; 256 in chapter 5)."""
-    stride: int | None = None
-    """Step between window starts; None means ``context_length`` (non-overlapping, as the book trains)."""
-    train_ratio: float = 0.9
-    """Share of the corpus used for training when there is no separate validation data (0.9 as the book)."""
-    eot_as_special: bool = False
-    """Tokenize a literal ``<|endoftext|>`` inside a document as the special token 50256 instead of as text."""
-    num_proc: int | None = None
-    """Processes that tokenize the corpus for the cache (None: every usable core)."""
-    cache_dir: str | None = None
-    """Folder of the token cache (None: ``$XDG_CACHE_HOME/gptlite/tokens`` or ``~/.cache/gptlite/tokens``)."""
-    shuffle_buffer: int = 10_000
-    """Streaming only: windows held in the shuffle buffer of the training stream."""
+    Each field is also a flag of ``gptlite-train`` and ``gptlite-eval`` (``context_length`` is ``--context-length``).
+    """
+
+    data: list[str] = setting(factory=list, help=(
+        "Text files, folders or globs to train on (JSONL/CSV/Parquet use --text-column), or the-verdict (the book's "
+        "text, downloaded once into the cache); none: the built-in corpus."))
+    dataset: str | None = setting(None, "Hugging Face Hub dataset name instead of local files (downloaded by "
+                                  "`datasets` the first time).")
+    dataset_config: str | None = setting(None, "Configuration (subset) of the Hub dataset.")
+    dataset_split: str = setting("train", "Split of the Hub dataset to train on.")
+    validation_data: list[str] = setting(factory=list, help=(
+        "Separate validation files, folders or globs (then --train-ratio is not used)."))
+    validation_split: str | None = setting(None, "Split of the Hub dataset to validate on (e.g. validation).")
+    text_column: str = setting("text", "Column holding the text in JSONL/CSV/Parquet files and Hub datasets.")
+    streaming: bool = setting(False, "Tokenize on the fly instead of caching the tokenized corpus (needs "
+                              "--max-steps); every k-th document validates.")
+    context_length: int = setting(128, "Tokens per training window, and the model's context length.")
+    stride: int | None = setting(None, "Step between window starts (default: --context-length, windows do not "
+                                 "overlap).")
+    train_ratio: float = setting(0.9, "Share of the corpus used for training when no validation data is given "
+                                 "(the rest validates).")
+    eot_as_special: bool = setting(False, "Tokenize a literal <|endoftext|> inside a document as the special token "
+                                   "50256 instead of as text.")
+    num_proc: int | None = setting(None, "Processes that tokenize the corpus for the cache (default: every usable "
+                                   "core).")
+    cache_dir: str | None = setting(None, "Folder of the token cache (default: ~/.cache/gptlite/tokens).")
+    shuffle_buffer: int = setting(10_000, "With --streaming: windows held in the training stream's shuffle buffer.")
 
     def __post_init__(self) -> None:
-        if isinstance(self.data, (str, os.PathLike)):
-            self.data = [os.fspath(self.data)]
-        if isinstance(self.validation_data, (str, os.PathLike)):
-            self.validation_data = [os.fspath(self.validation_data)]
-        if self.context_length < 1:
-            raise ValueError(f"context_length must be >= 1, got {self.context_length}")
-        if self.stride is not None and self.stride < 1:
-            raise ValueError(f"stride must be >= 1, got {self.stride}")
-        if not 0.0 < self.train_ratio <= 1.0:
-            raise ValueError(f"train_ratio must be in (0, 1], got {self.train_ratio}")
+        for name in ("data", "validation_data"):
+            value = getattr(self, name)
+            setattr(self, name, [os.fspath(value)] if isinstance(value, (str, os.PathLike)) else list(value))
+        for name in ("context_length", "shuffle_buffer"):
+            require(is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "a positive integer", self)
+        for name in ("stride", "num_proc"):
+            value = getattr(self, name)
+            require(value is None or (is_int(value) and value >= 1), name, "an integer >= 1", self)
+        require(0.0 < self.train_ratio <= 1.0, "train_ratio", "in (0, 1]", self)
         if self.data and self.dataset is not None:
-            raise ValueError("give either data (local files) or dataset (Hub), not both")
+            raise ValueError(f"give either --data ({' '.join(self.data)}) or --dataset ({self.dataset}), not both")
         if self.validation_split is not None and self.dataset is None:
-            raise ValueError("validation_split selects a split of a Hub dataset; use validation_data for files")
+            raise ValueError("--validation-split selects a split of a Hub --dataset; use --validation-data for files")
 
     @property
     def window_stride(self) -> int:
@@ -368,8 +364,6 @@ def build_dataloaders(
         ValueError: with the numbers, when a split is shorter than one window or the training split
             is shorter than one batch (the last incomplete batch is dropped).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if config.streaming:
         stream_seed = seed if seed is not None else int(torch.empty((), dtype=torch.int64).random_().item())
         train_ds, val_ds = build_datasets(config, seed=stream_seed, shuffle=shuffle)

@@ -7,6 +7,7 @@ per-token losses and token counts are added up over batches and processes, then 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Iterable
@@ -15,7 +16,12 @@ from itertools import islice
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from gptlite.loading import load_model
+from gptlite.speedups import speed_up
+from gptlite.training.data import DataConfig, build_datasets
 from gptlite.training.monitoring import perplexity
+from gptlite.training.preflight import check_vocabulary
+from gptlite.training.runtime import make_accelerator
 
 __all__ = ["evaluate_model", "evaluation_batches", "loss_sums", "sample_text", "token_loss_sum"]
 
@@ -91,37 +97,24 @@ def sample_text(model, tokenizer, start_context: str, max_new_tokens: int = 50) 
 
 def evaluate_model(
     model: str | os.PathLike[str],
-    data: list[str] | None = None,
-    dataset: str | None = None,
-    dataset_config: str | None = None,
-    dataset_split: str = "train",
-    text_column: str = "text",
-    context_length: int | None = None,
-    stride: int | None = None,
+    data: DataConfig | None = None,
     split: str = "all",
-    train_ratio: float = 0.9,
     batch_size: int = 8,
     max_batches: int | None = None,
-    cache_dir: str | None = None,
     mixed_precision: str | None = None,
 ) -> dict[str, float | int]:
     """Loss and perplexity of a saved model on a corpus, cut into the same windows as training.
 
-    ``split`` is ``"all"`` (every window of the corpus), or ``"train"`` / ``"validation"``: the two parts
-    training makes with ``train_ratio`` (so ``validation`` scores a run on the text it held out). With
-    no ``data`` and no ``dataset``, the corpus is the built-in one. ``model`` is a gptlite folder, a plain
-    GPT-2 folder (converted in memory) or a Hub id (see :func:`gptlite.loading.load_model`). Runs on every
-    process of an ``accelerate launch``; the numbers are over all of them.
+    ``data`` says which corpus and which windows, as for training (None: the built-in corpus in windows of the
+    model's context length). ``split`` is ``"all"`` (every window of the corpus), or ``"train"`` /
+    ``"validation"``: the two parts training makes with ``data.train_ratio`` (so ``validation`` scores a run on
+    the text it held out). ``model`` is a gptlite folder, a plain GPT-2 folder (converted in memory) or a Hub id
+    (see :func:`gptlite.loading.load_model`). Runs on every process of an ``accelerate launch``; the numbers
+    are over all of them.
 
     Returns:
         ``{"loss", "perplexity", "tokens", "batches"}``.
     """
-    from gptlite.loading import load_model
-    from gptlite.speedups import speed_up
-    from gptlite.training.data import DataConfig, build_datasets
-    from gptlite.training.preflight import check_vocabulary
-    from gptlite.training.runtime import make_accelerator
-
     if split not in ("all", "train", "validation"):
         raise ValueError(f"--split must be all, train or validation, got {split!r}")
     if max_batches is not None and max_batches < 1:
@@ -132,22 +125,14 @@ def evaluate_model(
     quiet = None if accelerator.is_main_process else (lambda message: None)  # one notice, not one per process
     lm = speed_up(load_model(model, dtype=torch.float32, notice=quiet).to(accelerator.device).eval())
     check_vocabulary(lm.config.vocab_size, f"the model {model}")
-    length = context_length or lm.config.context_length
-    if length > lm.config.context_length:
-        raise ValueError(f"--context-length {length} exceeds the model's context_length {lm.config.context_length}")
-    config = DataConfig(
-        data=list(data or []),
-        dataset=dataset,
-        dataset_config=dataset_config,
-        dataset_split=dataset_split,
-        text_column=text_column,
-        context_length=length,
-        stride=stride,
-        train_ratio=1.0 if split == "all" else train_ratio,
-        cache_dir=cache_dir,
-    )
+    data = DataConfig(context_length=lm.config.context_length) if data is None else data
+    if data.context_length > lm.config.context_length:
+        raise ValueError(f"--context-length {data.context_length} exceeds the model's context_length "
+                         f"{lm.config.context_length}")
+    if split == "all":
+        data = dataclasses.replace(data, train_ratio=1.0)
     with accelerator.main_process_first():
-        train_ds, val_ds = build_datasets(config, shuffle=False)
+        train_ds, val_ds = build_datasets(data, shuffle=False)
     chosen = val_ds if split == "validation" else train_ds
     if chosen is None:
         raise ValueError("--split validation needs --train-ratio below 1")

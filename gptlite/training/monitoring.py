@@ -88,6 +88,7 @@ class Progress:
         initial_step: int = 0,
         flops_per_token: float | None = None,
         peak_flops: float | None = None,
+        peak_source: str = "",
     ) -> None:
         from tqdm.auto import tqdm
 
@@ -106,7 +107,7 @@ class Progress:
         self.steady_seconds = 0.0
         self.steady_tokens = 0
         self.steps_timed = 0
-        self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
+        self.flops_per_token, self.peak_flops, self.peak_source = flops_per_token, peak_flops, peak_source
         self._started: float | None = None
 
     def start_step(self) -> None:

@@ -34,20 +34,20 @@ class TrainResult:
     resumed_from: Path | None
 
 
-def write_model_folder(folder: Path, model, config: TrainConfig, history: History,
+def write_model_folder(folder: Path, model, config: TrainConfig, history: History, dataset: str,
                        say: Callable[[str], None] = print) -> None:
-    """Write the run's final model and records into ``folder`` (an empty, not yet visible folder); without
-    matplotlib, ``say`` tells in one line that the figures are left out."""
+    """Write the run's final model and records into ``folder`` (an empty, not yet visible folder); ``dataset``
+    describes the training data in words, as the run resolved it. Without matplotlib, ``say`` tells in one line
+    that the figures are left out."""
     from gptlite.folders import usual_weight_modes
     from gptlite.tokenization import save_tokenizer
-    from gptlite.training.data import train_source
     from gptlite.training.plots import matplotlib_missing, plot_losses, plot_lr
     from gptlite.training.run_folder import run_settings
 
     model.save_pretrained(folder)  # config.json, model.safetensors, generation_config.json, the model's code
     usual_weight_modes(folder)
     save_tokenizer(folder, model_max_length=model.config.context_length)
-    history.save(folder / "history.json", dataset=train_source(config.data_config()).describe())
+    history.save(folder / "history.json", dataset=dataset)
     # run.json's settings (no --overwrite: a --config of this file must not replace a run).
     (folder / "train_config.json").write_text(json.dumps(run_settings(config), indent=1), encoding="utf-8")
     missing = matplotlib_missing()
@@ -59,8 +59,9 @@ def write_model_folder(folder: Path, model, config: TrainConfig, history: Histor
     plot_lr(history, folder / "lr.png")
 
 
-def save_outputs(accelerator, model, config: TrainConfig, history: History, run, evaluated_on: str | None = None,
-                 total_steps: int | None = None, final: tuple[int, float, float | None] | None = None) -> None:
+def save_outputs(accelerator, model, config: TrainConfig, history: History, run, dataset: str,
+                 evaluated_on: str | None = None, total_steps: int | None = None,
+                 final: tuple[int, float, float | None] | None = None) -> None:
     """Every process: the main one writes the final model folder whole (``run`` is the run's
     :class:`~gptlite.training.run_folder.RunFolder`) and prints where, with the final losses.
 
@@ -76,7 +77,7 @@ def save_outputs(accelerator, model, config: TrainConfig, history: History, run,
     check_finite_weights(unwrapped, len(history.lr), where=lambda: {"total_steps": total_steps,
                                                                     "last_checkpoint": run.latest_checkpoint()})
     say = accelerator.print
-    run.save_final(lambda folder: write_model_folder(folder, unwrapped, config, history, say), say=say)
+    run.save_final(lambda folder: write_model_folder(folder, unwrapped, config, history, dataset, say), say=say)
     records = ", ".join(name for name in ("history.json", "loss.png", "lr.png") if (run.path / name).exists())
     if final is None and history.step:
         final = (history.step[-1], history.train_loss[-1], history.val_loss[-1])
@@ -101,7 +102,7 @@ class PushFailed(OSError):
 
 def push_run(folder: str | Path, config: TrainConfig, say=print) -> None:
     """Main process: upload the model saved in ``folder``, its tokenizer and a model card (with the run's final
-    losses from ``history.json``) to ``config.push_to_hub``, through :func:`gptlite.hub.push_to_hub`.
+    losses from ``history.json``) to ``config.run.push_to_hub``, through :func:`gptlite.hub.push_to_hub`.
 
     Raises:
         PushFailed: in one line naming the repository and the cause; the saved run is left as it is.
@@ -110,10 +111,10 @@ def push_run(folder: str | Path, config: TrainConfig, say=print) -> None:
     from gptlite.hub import push_to_hub
     from gptlite.modeling_gptlite import GPTLiteForCausalLM
 
-    folder, repo_id = Path(folder), config.push_to_hub
+    folder, repo_id = Path(folder), config.run.push_to_hub
     model = GPTLiteForCausalLM.from_pretrained(folder)  # the saved files, exactly: what a download gives back
     try:
-        commit = push_to_hub(model, repo_id, training_dir=folder, dataset=config.dataset,
+        commit = push_to_hub(model, repo_id, training_dir=folder, dataset=config.data.dataset,
                              commit_message="Upload a model trained with gptlite-train")
     except Exception as err:  # noqa: BLE001 - network, login and Hub refusals alike: one line, the run kept
         raise PushFailed(f"--push-to-hub {repo_id}: {one_line(err)}; the run is saved in {folder}: "

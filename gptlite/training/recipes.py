@@ -20,18 +20,21 @@ Both book recipes train on the book's ``the-verdict.txt`` (``--data the-verdict`
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
 import os
-import types
-import typing
 from pathlib import Path
 from typing import Any
 
-from gptlite.training.config import ARCHITECTURE_FIELDS, TrainConfig, flag
+import yaml
 
-__all__ = ["BOOK_EXACT", "RECIPES", "build_config", "coerce", "field_kind", "load_config_file"]
+from gptlite.configuration_gptlite import PRESET_FIELDS, GPTLiteConfig
+from gptlite.errors import UsageError
+from gptlite.loading import model_folder, read_model_config
+from gptlite.training.config import TrainConfig
+from gptlite.training.flags import coerce, flag
+from gptlite.training.preflight import check_vocabulary
+
+__all__ = ["BOOK_EXACT", "RECIPES", "build_config", "load_config_file"]
 
 _BOOK_124M = {
     "emb_dim": 768,
@@ -93,64 +96,8 @@ BOOK_EXACT: dict[str, dict[str, Any]] = {
 }
 
 
-@functools.cache
-def _fields() -> dict[str, Any]:
-    hints = typing.get_type_hints(TrainConfig)
-    return {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig)}
-
-
-def field_kind(name: str) -> tuple[type, bool, bool]:
-    """``(scalar type, accepts None, is a list)`` of a :class:`TrainConfig` field."""
-    hint = _fields()[name]
-    if typing.get_origin(hint) is list:
-        return typing.get_args(hint)[0], False, True
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return args[0], True, False
-    return hint, False, False
-
-
-_TRUE, _FALSE, _NONE = ("true", "yes", "1", "on"), ("false", "no", "0", "off"), ("none", "null", "")
-
-
-def _scalar(kind: type, value: Any, optional: bool) -> Any:
-    if optional and (value is None or (isinstance(value, str) and value.strip().lower() in _NONE)):
-        return None
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-            return value.strip().lower() in _TRUE
-        raise ValueError("expected true or false")
-    if kind is int:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ValueError("expected an integer")
-        return int(value)  # "12" from a flag or a YAML string; int(12.0) from JSON
-    if kind is float:
-        if isinstance(value, bool):
-            raise ValueError("expected a number")
-        return float(value)  # also YAML's "1e-3", which YAML 1.1 reads as a string
-    if not isinstance(value, str):
-        raise ValueError("expected a string")
-    return value
-
-
-def coerce(name: str, value: Any, source: str) -> Any:
-    """Convert a flag's string or a config file's value to the type of field ``name``.
-
-    Raises:
-        ValueError: naming ``source`` (the flag or the file), the key and the value.
-    """
-    kind, optional, is_list = field_kind(name)
-    try:
-        if is_list:
-            items = [value] if isinstance(value, str) else value
-            if not isinstance(items, (list, tuple)):
-                raise ValueError("expected a list")
-            return [_scalar(kind, item, False) for item in items]
-        return _scalar(kind, value, optional)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{source}: bad value {value!r} for {name} ({flag(name)}): {err}") from None
+def _coerce(name: str, value: Any, source: str) -> Any:
+    return coerce(name, TrainConfig.field_types()[name], value, source)
 
 
 def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -159,8 +106,6 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     A ``recipe`` key picks the recipe the file builds on. Raises ``ValueError`` naming the file and the
     key for unknown keys and bad values, ``FileNotFoundError`` if the file does not exist.
     """
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--config file {path} does not exist")
@@ -178,10 +123,10 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         name = str(key).replace("-", "_")
         if name == "recipe":
             values[name] = str(value)
-        elif name in _fields():
-            values[name] = coerce(name, value, str(path))
+        elif name in TrainConfig.field_types():
+            values[name] = _coerce(name, value, str(path))
         else:
-            known = ", ".join(sorted(_fields()))
+            known = ", ".join(sorted(TrainConfig.field_types()))
             raise ValueError(f"--config file {path}: unknown setting {key!r}; known settings: recipe, {known}")
     return values
 
@@ -193,16 +138,12 @@ def _init_from_architecture(merged: dict[str, Any], level: dict[str, int]) -> di
     the source is refused, naming the flag and both values. The window length may be shorter than the
     source's context, never longer; unset, it is capped at the source's.
     """
-    from gptlite.errors import UsageError
-    from gptlite.loading import model_folder, read_model_config
-    from gptlite.training.preflight import check_vocabulary
-
     source = merged["init_from"]
     _, config = read_model_config(model_folder(source))
     check_vocabulary(config.vocab_size, f"--init-from {source}")  # now, not as an index error at the first step
-    fixed = {key: getattr(config, key) for key in ARCHITECTURE_FIELDS}
+    fixed = {key: getattr(config, key) for key in PRESET_FIELDS}
     preset_given = merged.get("preset") is not None and level.get("preset", 0) >= 2
-    for key in ARCHITECTURE_FIELDS:
+    for key in PRESET_FIELDS:
         if merged.get(key, fixed[key]) == fixed[key] or (level.get(key, 0) < 2 and not preset_given):
             continue
         if level.get(key, 0) >= 2:
@@ -213,7 +154,7 @@ def _init_from_architecture(merged: dict[str, Any], level: dict[str, int]) -> di
             f"{given} contradicts --init-from {source}, which has {key} {fixed[key]}; drop it to train the "
             "source's architecture"
         )
-    length = merged.get("context_length", TrainConfig.context_length)
+    length = merged.get("context_length", TrainConfig().data.context_length)
     if length > config.context_length:
         if level.get("context_length", 0) >= 2:
             raise UsageError(
@@ -224,13 +165,11 @@ def _init_from_architecture(merged: dict[str, Any], level: dict[str, int]) -> di
 
 
 def _preset_architecture(preset: str) -> dict[str, Any]:
-    from gptlite.configuration_gptlite import GPTLiteConfig
-
     try:
         config = GPTLiteConfig.from_preset(preset)
     except ValueError as err:
         raise ValueError(f"--preset: {err}") from None
-    return {key: getattr(config, key) for key in ARCHITECTURE_FIELDS}
+    return {key: getattr(config, key) for key in PRESET_FIELDS}
 
 
 def build_config(
@@ -252,7 +191,7 @@ def build_config(
     file_values.pop("recipe", None)
     if name not in RECIPES:
         raise ValueError(f"unknown --recipe {name!r}; choose one of {', '.join(RECIPES)}")
-    unknown = sorted(set(overrides) - set(_fields()))
+    unknown = sorted(set(overrides) - set(TrainConfig.field_types()))
     if unknown:
         raise ValueError(f"unknown setting(s) {', '.join(unknown)}")
 
@@ -268,7 +207,7 @@ def build_config(
     level: dict[str, int] = {}  # where each key was last set: 1 recipe, 2 file, 3 flags
     for rank, values in enumerate((recipe_values, file_values, overrides), start=1):
         if values.get("preset") is not None:
-            for key in ARCHITECTURE_FIELDS:  # the preset supersedes architecture from lower levels
+            for key in PRESET_FIELDS:  # the preset supersedes architecture from lower levels
                 merged.pop(key, None)
                 level.pop(key, None)
         for key, value in values.items():
@@ -276,11 +215,11 @@ def build_config(
             level[key] = rank
     if merged.get("preset") is not None:
         fixed = _preset_architecture(merged["preset"])
-        clash = [k for k in ARCHITECTURE_FIELDS if level.get(k, 0) >= level["preset"] and merged[k] != fixed[k]]
+        clash = [k for k in PRESET_FIELDS if level.get(k, 0) >= level["preset"] and merged[k] != fixed[k]]
         if clash:
             given = ", ".join(f"{flag(k)} {merged[k]}" for k in clash)
             raise ValueError(f"--preset {merged['preset']} fixes the architecture; drop {given} or the preset")
         merged |= fixed  # so the resolved settings (and train_config.json) show the real model
     if merged.get("init_from") is not None:
         merged |= _init_from_architecture(merged, level)
-    return TrainConfig(**merged)
+    return TrainConfig.from_flat(merged)

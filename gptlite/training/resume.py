@@ -16,7 +16,6 @@ for constant) instead of warming up again.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -24,13 +23,25 @@ from pathlib import Path
 from typing import Any
 
 from gptlite.errors import UsageError
-from gptlite.training.config import TrainConfig, flag
+from gptlite.training.checkpoint_files import checkpoint_damage
+from gptlite.training.checkpointing import (
+    TRAINER_STATE_NAME,
+    check_intact,
+    list_checkpoints,
+    load_trainer_state,
+    newest_intact_checkpoint,
+    resolve_resume,
+)
+from gptlite.training.config import TrainConfig
+from gptlite.training.flags import flag
+from gptlite.training.recipes import RECIPES, build_config, load_config_file
+from gptlite.training.run_folder import RUN_FILE, read_run_record
 
 __all__ = ["RESUME_SAFE", "RecordedRun", "finished_message", "recorded_run", "resolve_settings"]
 
 RESUME_SAFE: tuple[str, ...] = (
     "epochs", "max_steps", "eval_freq", "eval_iter", "start_context", "sample_tokens", "report_to",
-    "checkpoint_every", "keep_checkpoints", "output_dir", "cache_dir", "grad_accum", "push_to_hub",
+    "checkpoint_every", "keep_checkpoints", "output_dir", "cache_dir", "num_proc", "grad_accum", "push_to_hub",
 )  # fmt: skip
 # Not settings of the run but of this command: never taken from the record.
 _OF_THIS_COMMAND = ("resume_from", "overwrite")
@@ -53,16 +64,6 @@ def recorded_run(resume_from: str | None, output_dir: str | os.PathLike[str]) ->
     (a folder without ``run.json``, from before gptlite recorded runs, gives None: its flags apply as given).
     A checkpoint folder: that checkpoint, with the settings it was written with.
     """
-    from gptlite.training.checkpoint_files import checkpoint_damage
-    from gptlite.training.checkpointing import (
-        TRAINER_STATE_NAME,
-        check_intact,
-        list_checkpoints,
-        newest_intact_checkpoint,
-        resolve_resume,
-    )
-    from gptlite.training.run_folder import RUN_FILE, read_run_record
-
     if resume_from is None:
         return None
     if resume_from == "latest":
@@ -97,11 +98,9 @@ def resolve_settings(
     Raises:
         UsageError: a recipe, file value or flag contradicts the resumed run; the message names it.
     """
-    from gptlite.training.recipes import RECIPES, build_config, load_config_file
-
     file_values = load_config_file(config_file) if config_file is not None else {}
     resume_from = overrides.get("resume_from", file_values.get("resume_from"))
-    output_dir = overrides.get("output_dir", file_values.get("output_dir", TrainConfig.output_dir))
+    output_dir = overrides.get("output_dir", file_values.get("output_dir", TrainConfig().run.output_dir))
     recorded = recorded_run(resume_from, output_dir)
     if recorded is None:
         return build_config(recipe, config_file, overrides), None
@@ -109,8 +108,9 @@ def resolve_settings(
     file_values.pop("recipe", None)
     if name is not None and name not in RECIPES:
         raise UsageError(f"unknown --recipe {name!r}; choose one of {', '.join(RECIPES)}")
-    known = set(TrainConfig.__dataclass_fields__)
-    run = TrainConfig(**{k: v for k, v in recorded.settings.items() if k in known and k not in _OF_THIS_COMMAND})
+    known = TrainConfig.field_types()
+    recorded_values = {k: v for k, v in recorded.settings.items() if k in known and k not in _OF_THIS_COMMAND}
+    run = TrainConfig.from_flat(recorded_values).to_dict()
     given = [(f"--recipe {name}", RECIPES[name])] if name else []
     given += [(f"--config file {config_file}", file_values), ("", overrides)]
     changes: dict[str, Any] = {}
@@ -120,9 +120,9 @@ def resolve_settings(
                 if origin.startswith("--recipe"):
                     continue  # a recipe's values are defaults: the run's own win
                 changes[key] = value
-            elif value != getattr(run, key):
-                raise UsageError(_contradiction(origin, key, value, getattr(run, key), recorded.source))
-    return dataclasses.replace(run, **changes), recorded
+            elif value != run[key]:
+                raise UsageError(_contradiction(origin, key, value, run[key], recorded.source))
+    return TrainConfig.from_flat({**run, **changes}), recorded
 
 
 def _contradiction(origin: str, key: str, value: Any, recorded: Any, source: Path) -> str:
@@ -155,19 +155,18 @@ def finished_message(config: TrainConfig, recorded: RecordedRun) -> str | None:
     Raises:
         UsageError: ``--epochs`` / ``--max-steps`` end the run before the steps it has already done.
     """
-    from gptlite.training.checkpointing import load_trainer_state
-
+    optim = config.optim
     state = load_trainer_state(recorded.checkpoint)
-    total = config.max_steps or config.epochs * state.steps_per_epoch
-    length = f"--max-steps {config.max_steps}" if config.max_steps else f"--epochs {config.epochs}"
+    total = optim.max_steps or optim.epochs * state.steps_per_epoch
+    length = f"--max-steps {optim.max_steps}" if optim.max_steps else f"--epochs {optim.epochs}"
     if total < state.global_step:
         raise UsageError(f"{length} makes {total} optimizer steps, fewer than the {state.global_step} that "
                          f"{recorded.checkpoint} has done; give at least as many to resume it")
-    if total > state.global_step or not _model_is_the_checkpoints(Path(config.output_dir), state.history):
+    if total > state.global_step or not _model_is_the_checkpoints(Path(config.run.output_dir), state.history):
         return None
-    more = f"a --max-steps above {total}" if config.max_steps else f"a larger --epochs or a --max-steps above {total}"
-    return (f"{config.output_dir} holds a finished run ({length}: {total} of {total} optimizer steps done, its model "
-            f"saved); to train it further, resume with {more}")
+    more = f"a --max-steps above {total}" if optim.max_steps else f"a larger --epochs or a --max-steps above {total}"
+    return (f"{config.run.output_dir} holds a finished run ({length}: {total} of {total} optimizer steps done, its "
+            f"model saved); to train it further, resume with {more}")
 
 
 def _model_is_the_checkpoints(folder: Path, history: dict) -> bool:

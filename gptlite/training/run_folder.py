@@ -401,18 +401,18 @@ def run_settings(config) -> dict:
 
 
 def claim_run_folder(config, accelerator) -> RunFolder:
-    """Take ``config.output_dir`` for this run (every process calls it; the main process decides).
+    """Take ``config.run.output_dir`` for this run (every process calls it; the main process decides).
 
     Raises ``FolderRefused`` (a usage error) on every process when the folder is another run's, is locked
     by a live process, or holds other files; ``FileNotFoundError`` when ``--resume-from`` names no checkpoint.
     """
     from accelerate.utils import broadcast_object_list
 
-    out = Path(config.output_dir)
+    out = Path(config.run.output_dir)
     verdict: list = [None, None]
     if accelerator.is_main_process:
         try:
-            verdict[0] = _claim_on_main(out, config.resume_from, config.overwrite)
+            verdict[0] = _claim_on_main(out, config.run.resume_from, config.run.overwrite)
         except Exception as err:  # noqa: BLE001 - re-raised here, and told to the others so that none waits
             verdict[1] = (type(err).__name__, str(err))
             if accelerator.num_processes == 1:

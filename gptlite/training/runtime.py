@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from gptlite._libc import libc
-from gptlite.training.config import TrainConfig
+from gptlite.training.config import OptimSettings, TrainConfig
 from gptlite.training.throughput import cpu_has_native_bf16
 
 __all__ = ["build_model", "build_optimizer", "keep_freed_memory", "make_accelerator", "seed_everything", "use_tf32"]
@@ -106,36 +106,38 @@ def build_model(config: TrainConfig, notice: Callable[[str], None] | None = None
     from gptlite.modeling_gptlite import GPTLiteForCausalLM
     from gptlite.speedups import speed_up
 
-    if config.init_from is None:
+    settings = config.model
+    if settings.init_from is None:
         model = GPTLiteForCausalLM(config.model_config())
-        model.set_attn_implementation(config.attn_implementation)
+        model.set_attn_implementation(settings.attn_implementation)
     else:
         from gptlite.loading import load_model
 
         model = load_model(
-            config.init_from,
+            settings.init_from,
             dtype=torch.float32,
-            overrides={"drop_rate": config.drop_rate},
-            attn_implementation=config.attn_implementation,
+            overrides={"drop_rate": settings.drop_rate},
+            attn_implementation=settings.attn_implementation,
             notice=notice,
         )
-        if config.context_length > model.config.context_length:
+        if config.data.context_length > model.config.context_length:
             raise ValueError(
-                f"--context-length {config.context_length} exceeds the context_length "
-                f"{model.config.context_length} of --init-from {config.init_from}"
+                f"--context-length {config.data.context_length} exceeds the context_length "
+                f"{model.config.context_length} of --init-from {settings.init_from}"
             )
-    return speed_up(model.train(), training=True, fast_dropout=config.fast_dropout, fused_gelu=config.fused_gelu)
+    return speed_up(model.train(), training=True, fast_dropout=settings.fast_dropout, fused_gelu=settings.fused_gelu)
 
 
-def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """The book's AdamW (weight decay on every parameter), with the fused kernel.
+def build_optimizer(model: torch.nn.Module, optim: OptimSettings, fused: bool = True) -> torch.optim.AdamW:
+    """The book's AdamW (weight decay on every parameter), with the fused kernel unless ``fused=False`` (the
+    book's own default implementation, which book-exact runs keep).
 
     torch has fused AdamW for CUDA and CPU: one pass over each parameter instead of a dozen elementwise
     kernels, 6-8x faster on this project's 2-core CPU at 124M parameters (the for-each version's passes are
     memory-bound).
     """
     device_type = next(model.parameters()).device.type
-    fused = device_type in ("cuda", "cpu")
+    fused = fused and device_type in ("cuda", "cpu")
     return torch.optim.AdamW(
-        model.parameters(), lr=config.peak_lr, weight_decay=config.weight_decay, fused=fused or None
+        model.parameters(), lr=optim.peak_lr, weight_decay=optim.weight_decay, fused=fused or None
     )

@@ -98,7 +98,7 @@ def test_the_fused_gelu_module_takes_the_compiled_kernels_only_when_training():
 
 @pytest.mark.parametrize("fused", [True, False])
 def test_training_swaps_in_the_fused_gelu_from_its_setting(fused):
-    config = TrainConfig(emb_dim=32, n_layers=2, n_heads=2, context_length=16, fused_gelu=fused)
+    config = TrainConfig.from_flat(dict(emb_dim=32, n_layers=2, n_heads=2, context_length=16, fused_gelu=fused))
     model = build_model(config)
     gelus = [m for m in model.modules() if isinstance(m, (GELU, FusedGELU))]
     assert len(gelus) == 2 and all(isinstance(g, FusedGELU) is fused for g in gelus)

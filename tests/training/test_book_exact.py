@@ -126,7 +126,7 @@ def test_book_exact_appendix_d_equals_the_books_d4_loop_on_a_small_model(tmp_pat
     config = build_config("book-appendix-d", overrides={
         **TINY, "book_exact": True, "grad_clip": 0.05, "data": [str(corpus)], "epochs": 3, "sample_tokens": 5,
         "cache_dir": str(tmp_path / "cache"), "output_dir": str(tmp_path / "run")})
-    assert (config.peak_lr, config.clip_mode, config.schedule) == (1e-3, "book-d4", "cosine")
+    assert (config.optim.peak_lr, config.optim.clip_mode, config.optim.schedule) == (1e-3, "book-d4", "cosine")
     result = train(config)
     gptlite_out = printed_lines(capsys.readouterr().out)
     book_out = []
@@ -186,13 +186,13 @@ def test_book_exact_final_numbers_are_the_saved_models_and_a_failed_start_leaves
 
 def test_book_appendix_d_recipe_keeps_its_modern_path():
     modern, exact = build_config("book-appendix-d"), build_config("book-appendix-d", overrides={"book_exact": True})
-    assert (modern.book_exact, modern.peak_lr, modern.clip_mode) == (False, 5e-4, "after-warmup")
-    assert (exact.book_exact, exact.peak_lr, exact.clip_mode) == (True, 1e-3, "book-d4")
+    assert (modern.run.book_exact, modern.optim.peak_lr, modern.optim.clip_mode) == (False, 5e-4, "after-warmup")
+    assert (exact.run.book_exact, exact.optim.peak_lr, exact.optim.clip_mode) == (True, 1e-3, "book-d4")
     # Flags still win over what --book-exact sets.
-    assert build_config("book-appendix-d", overrides={"book_exact": True, "peak_lr": 5e-4}).peak_lr == 5e-4
+    assert build_config("book-appendix-d", overrides={"book_exact": True, "peak_lr": 5e-4}).optim.peak_lr == 5e-4
     # Both book recipes train on the book's text unless told otherwise.
-    assert build_config("book-ch5").data == modern.data == ["the-verdict"]
-    assert build_config("book-ch5", overrides={"dataset": "wikitext"}).data == []
+    assert build_config("book-ch5").data.data == modern.data.data == ["the-verdict"]
+    assert build_config("book-ch5", overrides={"dataset": "wikitext"}).data.data == []
 
 
 @pytest.mark.parametrize(
@@ -227,7 +227,7 @@ def test_book_ch5_reproduces_the_books_chapter5_run(tmp_path, capsys):
     # The training loss at step 0 over the first eval_iter shuffled batches: 9.897 for 1 batch (measured with
     # tests/training/book_loop.py too); the book prints 9.781 ... 0.391, the mean over 5 (--eval-iter 5),
     # which leaves the validation losses unchanged (one validation batch, the same random draws).
-    first = {1: 9.897, 5: 9.781}[config.eval_iter]
+    first = {1: 9.897, 5: 9.781}[config.eval.eval_iter]
     assert history.train_loss[0] == pytest.approx(first, abs=0.05)
     assert history.train_loss[-1] < 1.0
     # The chapter's own lines, and the sample after each epoch word for word (eval_iter changes no draw, so

@@ -122,7 +122,7 @@ def test_a_crash_inside_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_pat
     assert (out / "checkpoints" / ".tmp-checkpoint-4" / "model.safetensors").is_file()
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2"]
 
-    config.resume_from = "latest"
+    config.run.resume_from = "latest"
     resumed = train(config)
     assert resumed.resumed_from.name == "checkpoint-2"
     assert not (out / "checkpoints" / ".tmp-checkpoint-4").exists()
@@ -151,7 +151,7 @@ def test_sigkill_inside_an_epoch_then_resume_latest_ends_like_an_uninterrupted_r
     assert 0 < state.step_in_epoch < state.steps_per_epoch and state.epoch == 0  # killed inside the first epoch
     assert not (out / "history.json").exists()
 
-    config.resume_from = "latest"
+    config.run.resume_from = "latest"
     resumed = train(config)
     assert resumed.resumed_from == latest
     assert_same_run(resumed, out, uninterrupted)

@@ -20,9 +20,9 @@ from trainkit import (
     write_corpus,
 )
 
+from gptlite.configuration_gptlite import PRESET_FIELDS
 from gptlite.generation import main as generate_main
 from gptlite.training.cli import eval_main, main
-from gptlite.training.config import ARCHITECTURE_FIELDS
 from gptlite.training.recipes import build_config
 
 
@@ -56,16 +56,18 @@ def test_book_recipes_have_the_books_settings():
     model = ch5.model_config()
     assert (model.emb_dim, model.n_layers, model.n_heads, model.context_length) == (768, 12, 12, 256)
     assert (model.drop_rate, model.qkv_bias, model.tie_word_embeddings) == (0.1, False, False)
-    assert (model.initializer, ch5.attn_implementation) == ("book", "eager")
-    assert (ch5.stride, ch5.batch_size, ch5.epochs, ch5.peak_lr, ch5.weight_decay) == (256, 2, 10, 4e-4, 0.1)
-    assert (ch5.eval_freq, ch5.eval_iter, ch5.grad_clip, ch5.seed, ch5.book_exact) == (5, 1, None, 123, True)
-    assert {ch5.lr_schedule(100).lr(s) for s in range(100)} == {4e-4}  # constant
+    assert (model.initializer, ch5.model.attn_implementation) == ("book", "eager")
+    optim = ch5.optim
+    assert (ch5.data.stride, optim.batch_size, optim.epochs, optim.peak_lr) == (256, 2, 10, 4e-4)
+    assert (optim.weight_decay, optim.grad_clip, ch5.run.seed, ch5.run.book_exact) == (0.1, None, 123, True)
+    assert (ch5.eval.eval_freq, ch5.eval.eval_iter) == (5, 1)
+    assert {ch5.optim.lr_schedule(100).lr(s) for s in range(100)} == {4e-4}  # constant
     d = build_config("book-appendix-d")
-    schedule = d.lr_schedule(100)
-    assert (d.epochs, schedule.warmup_steps, schedule.initial_lr, schedule.min_lr) == (15, 20, 1e-5, 1e-5)
+    schedule = d.optim.lr_schedule(100)
+    assert (d.optim.epochs, schedule.warmup_steps, schedule.initial_lr, schedule.min_lr) == (15, 20, 1e-5, 1e-5)
     assert schedule.lr(0) == 1e-5 and schedule.lr(20) == pytest.approx(5e-4) and schedule.lr(99) < 2e-5
-    assert (d.grad_clip, d.clip_mode, d.eval_iter, d.book_exact) == (1.0, "after-warmup", 1, False)
-    assert not build_config().book_exact  # the default path is untouched
+    assert (d.optim.grad_clip, d.optim.clip_mode, d.eval.eval_iter, d.run.book_exact) == (1.0, "after-warmup", 1, False)
+    assert not build_config().run.book_exact  # the default path is untouched
 
 
 def test_a_preset_replaces_the_recipe_architecture_and_clashes_with_explicit_sizes(capsys):
@@ -82,7 +84,7 @@ def test_a_preset_replaces_the_recipe_architecture_and_clashes_with_explicit_siz
     [
         (["--batch-size", "abc"], "--batch-size"),
         (["--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
-        (["--emb-dim", "30", "--n-heads", "4"], "--emb-dim must be divisible by --n-heads=4"),
+        (["--emb-dim", "30", "--n-heads", "4"], "--emb-dim=30 is not divisible by --n-heads=4"),
         (["--mixed-precision", "fp8"], "--mixed-precision must be one of no, bf16, fp16"),
         (["--report-to", "nope"], "--report-to must be among"),
         (["--streaming"], "--streaming needs --max-steps"),
@@ -108,7 +110,7 @@ def test_help_states_each_default_once_and_only_a_real_one(capsys):
         eval_main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: None)" not in text and "(default: False)" not in text and ") (default:" not in text
-    assert "window length (default: the model's)" in text and "windows per batch (default: 8)" in text
+    assert "Window length (default: the model's)" in text and "windows per batch (default: 8)" in text
 
 
 def test_unknown_config_file_key_names_the_file_and_the_key(tmp_path, capsys):
@@ -150,12 +152,12 @@ def test_module_cli_trains_with_trackers_then_eval_and_generate_use_the_result(t
     history = json.loads((out / "history.json").read_text())
     assert history["step"] == [0, 4, 8] and len(history["lr"]) == 9
 
-    eval_main([str(out), "--data", str(corpus), "--split", "validation", "--cache-dir", config.cache_dir,
+    eval_main([str(out), "--data", str(corpus), "--split", "validation", "--cache-dir", config.data.cache_dir,
                "--batch-size", "3", "--json"])
     result = json.loads(capsys.readouterr().out)
     assert result["loss"] == pytest.approx(history["val_loss"][-1], abs=1e-5)  # same windows, any batch size
     assert result["perplexity"] == pytest.approx(math.exp(result["loss"]))
-    eval_main([str(out), "--data", str(corpus), "--cache-dir", config.cache_dir, "--max-batches", "2"])
+    eval_main([str(out), "--data", str(corpus), "--cache-dir", config.data.cache_dir, "--max-batches", "2"])
     assert "perplexity" in capsys.readouterr().out
 
     generate_main([str(out), "--prompt", "the for", "--max-new-tokens", "4"])
@@ -206,7 +208,7 @@ def source_architecture_flags(config) -> list[str]:
     flags, skipping = [], False
     for item in config_flags(config):
         if item.startswith("--"):
-            skipping = item.removeprefix("--no-").removeprefix("--").replace("-", "_") in ARCHITECTURE_FIELDS
+            skipping = item.removeprefix("--no-").removeprefix("--").replace("-", "_") in PRESET_FIELDS
         if not skipping:
             flags.append(item)
     return flags

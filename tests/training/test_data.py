@@ -94,7 +94,7 @@ def check_book_parity(path: Path, tmp_path: Path, train_batches: int | None = No
 @pytest.mark.skipif(not VERDICT.exists(), reason=f"{VERDICT} not present")
 def test_the_verdict_matches_the_book(tmp_path):
     check_book_parity(VERDICT, tmp_path, train_batches=9, val_batches=1)
-    config = DataConfig(data=[str(VERDICT)], cache_dir=str(tmp_path))
+    config = DataConfig(data=[str(VERDICT)], context_length=256, cache_dir=str(tmp_path))
     train, val = build_dataloaders(config, batch_size=2)
     assert [x.shape for x, _ in train] == [torch.Size([2, 256])] * 9
     assert [x.shape for x, _ in val] == [torch.Size([2, 256])]
@@ -356,16 +356,18 @@ def test_default_corpus(tmp_path):
     lines = [line for doc in docs for line in doc.split("\n")]
     assert all(line and line == line.strip() and "  " not in line and not line.startswith("* ") for line in lines)
     assert any(doc.startswith("The for statement\nThe for statement is used to iterate over") for doc in docs)
-    train, val = build_dataloaders(DataConfig(cache_dir=str(tmp_path)), batch_size=8, seed=0)
+    train, val = build_dataloaders(DataConfig(context_length=256, cache_dir=str(tmp_path)), batch_size=8, seed=0)
     assert len(train) > 20 and len(val) > 2
     x, y = next(iter(train))
     assert x.shape == (8, 256) and torch.equal(x[:, 1:], y[:, :-1])
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match="train_ratio"):
+    with pytest.raises(ValueError, match=r"--train-ratio must be in \(0, 1\], got 0.0"):
         DataConfig(train_ratio=0.0)
-    with pytest.raises(ValueError, match="either data"):
+    with pytest.raises(ValueError, match="--context-length must be a positive integer, got 0"):
+        DataConfig(context_length=0)
+    with pytest.raises(ValueError, match="either --data"):
         DataConfig(data=["a.txt"], dataset="wikitext")
     assert DataConfig(data="a.txt").data == ["a.txt"]
     assert DataConfig(context_length=8).window_stride == 8

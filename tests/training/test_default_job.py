@@ -13,8 +13,8 @@ from gptlite.training.recipes import build_config
 
 def test_default_settings_train_a_small_model_on_the_built_in_corpus():
     config = build_config()
-    assert config.data == [] and config.dataset is None  # pydoc_data.topics: no download
-    assert config.output_dir == "runs/default" and config.max_steps is None
+    assert config.data.data == [] and config.data.dataset is None  # pydoc_data.topics: no download
+    assert config.run.output_dir == "runs/default" and config.optim.max_steps is None
     model = config.model_config()
     assert model.vocab_size == 50257 and model.emb_dim * model.n_layers <= 2048  # small enough for 2 CPU cores
 

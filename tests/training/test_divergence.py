@@ -83,15 +83,15 @@ def test_a_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_pat
 def test_nan_weights_are_never_checkpointed(tmp_path, corpus, capsys, monkeypatch):
     import gptlite.training.loop as loop
 
-    real = loop._Session.train_step
+    real = loop.Loop.train_step
 
     def poisons_a_weight_at_step_3(self, batches):
         real(self, batches)
         if self.state.global_step == 3:
             with torch.no_grad():
-                self.accelerator.unwrap_model(self.model).out_head.weight[0, 0] = float("inf")
+                self.session.accelerator.unwrap_model(self.session.model).out_head.weight[0, 0] = float("inf")
 
-    monkeypatch.setattr(loop._Session, "train_step", poisons_a_weight_at_step_3)
+    monkeypatch.setattr(loop.Loop, "train_step", poisons_a_weight_at_step_3)
     config = tiny_config(tmp_path, corpus, checkpoint_every=1, max_steps=6, eval_freq=100)
     code, err = exit_of(capsys, main, config_flags(config))
     line = error_line(err)

@@ -48,11 +48,11 @@ def test_run_writes_model_tokenizer_history_plots_and_checkpoints(tmp_path, corp
     history = History.from_dict(saved)
     # The book's global_step, step 0 included, and the last step: the final losses are the saved model's.
     assert history.step == sorted({*range(0, total, 3), total - 1})
-    tokens_per_step = config.batch_size * config.context_length
+    tokens_per_step = config.optim.batch_size * config.data.context_length
     assert history.tokens_seen == [(s + 1) * tokens_per_step for s in history.step]
     assert result.tokens_seen == total * tokens_per_step
     assert history.epoch == pytest.approx([(s + 1) / per_epoch for s in history.step])
-    schedule = config.lr_schedule(total)
+    schedule = config.optim.lr_schedule(total)
     assert history.lr == pytest.approx([schedule.lr(s) for s in range(total)])
     assert len(history.step_loss) == total
     assert all(math.isfinite(v) for v in history.train_loss + history.val_loss)
@@ -109,7 +109,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, corpus
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-3", "checkpoint-6"]
     assert 0 < load_trainer_state(out / "checkpoints" / "checkpoint-6").step_in_epoch < steps_per_epoch(out)
 
-    config.resume_from = "latest"
+    config.run.resume_from = "latest"
     resumed = train(config)
     assert "Resumed from" in capsys.readouterr().out and resumed.resumed_from.name == "checkpoint-6"
     for key, values in full.history.to_dict().items():
@@ -126,7 +126,7 @@ def test_max_steps_stops_inside_an_epoch_and_resuming_a_finished_run_does_nothin
     state = load_trainer_state(out / "checkpoints" / "checkpoint-3")
     assert (state.epoch, state.step_in_epoch, state.total_steps) == (0, 3, 3)
     before = weights(out)
-    config.resume_from = "latest"
+    config.run.resume_from = "latest"
     capsys.readouterr()
     again = train(config)
     assert again.global_step == 3 and again.history.to_dict() == result.history.to_dict()

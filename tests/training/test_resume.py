@@ -78,7 +78,7 @@ def uninterrupted(tmp_path_factory, corpus):
     train(config)
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
-    return Path(config.output_dir)
+    return Path(config.run.output_dir)
 
 
 def test_a_run_stopped_mid_way_resumes_from_its_folder_alone_bit_identically(tmp_path, corpus, uninterrupted,

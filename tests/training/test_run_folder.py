@@ -7,7 +7,6 @@ byte-identical (hashes) and still loading with the same logits.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import json
 import os
@@ -232,7 +231,7 @@ def test_resume_with_another_architecture_names_the_field_and_both_values(
     assert tree_hashes(out) == hashes
     value = after == "True" if after in ("True", "False") else int(after)
     with pytest.raises(ValueError, match=f"the checkpoint's model has {field} {before}, this run would build {after}"):
-        train(dataclasses.replace(config, resume_from="latest", **{field: value}))  # the Python API: the checkpoint's
+        train(config.replace(resume_from="latest", **{field: value}))  # the Python API: the checkpoint's
     assert read_run_record(out)["settings"] == run_settings(config)
 
 
@@ -358,7 +357,7 @@ def test_a_real_full_disk_during_the_final_save_keeps_the_previous_model(tmp_pat
     assert code == 0, err[-2000:]
     out = disk / "run"
     before, logits = tree_hashes(out, skip=("checkpoints", RUN_FILE)), folder_logits(out)
-    config.seed = 11
+    config.run.seed = 11
     code, _, err = cli(capsys, config, "--overwrite")
     assert code == 1
     assert one_line_error(err) == f"gptlite-train: error: No space left on device while writing {out}; {out} is intact"
@@ -370,7 +369,7 @@ def test_a_real_full_disk_during_the_final_save_keeps_the_previous_model(tmp_pat
 
 
 def test_ctrl_c_while_tokenizing_is_one_line_and_exit_130(tmp_path, corpus, capsys, monkeypatch):
-    monkeypatch.setattr("gptlite.training.data.build_dataloaders", _fail_with(KeyboardInterrupt()))
+    monkeypatch.setattr("gptlite.training.session.build_dataloaders", _fail_with(KeyboardInterrupt()))
     code, _, err = cli(capsys, tiny_config(tmp_path, corpus, max_steps=1))
     assert code == 130
     assert one_line_error(err) == "gptlite-train: interrupted by SIGINT; nothing of this run was saved"
@@ -388,8 +387,8 @@ def test_the_final_losses_are_the_saved_models_on_the_batches_the_summary_names(
     assert ("after optimizer step 5 of 5, on the first 1 validation batch(es) of --batch-size 4 (--eval-iter 1)"
             in printed), printed
     assert f"final validation loss {history['val_loss'][-1]:.3f}" in printed
-    eval_main([str(tmp_path / "run"), "--data", str(corpus), "--split", "validation", "--cache-dir", config.cache_dir,
-               "--batch-size", "4", "--max-batches", "1", "--json"])
+    eval_main([str(tmp_path / "run"), "--data", str(corpus), "--split", "validation",
+               "--cache-dir", config.data.cache_dir, "--batch-size", "4", "--max-batches", "1", "--json"])
     assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(history["val_loss"][-1], abs=1e-5)
 
 

@@ -117,7 +117,7 @@ def test_a_signal_finishes_the_step_saves_and_resumes_bit_identically(
     assert not (out / "model.safetensors").exists() and not (out / "run.lock").exists()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
 
-    config.resume_from = "latest"
+    config.run.resume_from = "latest"
     resumed = train(config)
     assert resumed.resumed_from == stopped
     assert_same_run(resumed, out, uninterrupted)
@@ -171,7 +171,7 @@ def test_a_second_signal_stops_at_once_and_the_last_complete_checkpoint_still_re
     assert line.endswith(f"--resume-from latest --output-dir {out}") and "checkpoint-4" in line
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-4"]
 
-    config.resume_from = "latest"
+    config.run.resume_from = "latest"
     assert_same_run(train(config), out, uninterrupted)
 
 
@@ -198,7 +198,7 @@ def test_sigterm_to_a_real_process_then_resume_ends_like_an_uninterrupted_run(tm
     state = load_trainer_state(latest_checkpoint(out))
     assert state.epoch == 0 and 0 < state.step_in_epoch < state.steps_per_epoch
 
-    config.resume_from = "latest"
+    config.run.resume_from = "latest"
     assert_same_run(train(config), out, uninterrupted)
 
 

@@ -48,7 +48,7 @@ def tiny_config(tmp_path: Path, corpus: Path, **overrides) -> TrainConfig:
         "sample_tokens": 5,
         "peak_lr": 5e-3,
     }
-    return TrainConfig(**{**settings, **overrides})
+    return TrainConfig.from_flat({**settings, **overrides})
 
 
 def config_flags(config: TrainConfig) -> list[str]:
