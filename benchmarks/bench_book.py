@@ -5,8 +5,8 @@
 
 Both sides train the book's 124M model on ../shared/data/the-verdict.txt when it is there, else on gptlite's
 built-in `the-verdict` (downloaded once into the cache), or on --data, with the same seed
-and print the same lines; the book's side is the copy of the listing in tests/training/book_loop.py with
-the book's GPTModel (tests/book_gpt.py). The two runs take minutes each, so they run once each, book
+and print the same lines; the book's side is the copy of the listing in reference/book_loop.py with
+the book's GPTModel (reference/book_gpt.py). The two runs take minutes each, so they run once each, book
 first, rather than alternating; run it on an idle machine.
 """
 
@@ -25,7 +25,7 @@ from gptlite.downloads import DownloadError
 from gptlite.tokenization import get_tokenizer
 from gptlite.training.builtin_data import builtin_text
 from gptlite.training.cli import main as gptlite_train
-from tests.training.book_loop import run_book_appendix_d, run_book_chapter5
+from reference.book_loop import run_book_appendix_d, run_book_chapter5
 
 VERDICT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "the-verdict.txt"
 BOOK_124M = {"vocab_size": 50257, "context_length": 256, "emb_dim": 768, "n_heads": 12, "n_layers": 12,

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from gptlite import GPTLiteConfig
-from tests.book_gpt import GPT_CONFIG_124M
+from reference.book_gpt import GPT_CONFIG_124M
 
 
 def test_book_dict_is_accepted_unchanged_and_defaults_are_the_books():

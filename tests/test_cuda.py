@@ -5,8 +5,9 @@ Marked ``cuda``: skipped without a GPU (``tests/conftest.py``); ``python -m benc
 
 import pytest
 import torch
-from reference_models import TINY, randomize_, tiny_model, to_gpt2
 from transformers import GPT2LMHeadModel
+
+from tests.conftest import TINY, randomize_, tiny_model, to_gpt2
 
 pytestmark = pytest.mark.cuda
 

@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from gptlite.downloads import DownloadError, cache_root, download, sha256_of
-from tests.local_server import LocalServer
+from tests.conftest import LocalServer
 
 DATA = bytes(range(256)) * 40  # 10,240 bytes
 

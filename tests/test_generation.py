@@ -12,7 +12,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, TextStreamer, pipeline
 from gptlite import GPTLiteConfig, GPTLiteForCausalLM
 from gptlite.generation import generate_text, main
 from gptlite.tokenization import get_hf_tokenizer
-from tests.reference_models import TINY, randomize_, tiny_model, to_gpt2
+from tests.conftest import TINY, randomize_, tiny_model, to_gpt2
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import gptlite
 from gptlite import GPTLiteConfig, GPTLiteForCausalLM
 from gptlite.hub import DEFAULT_LICENSE, DEFAULT_TAGS, model_card, read_training_metrics, write_model_card
 from gptlite.tokenization import get_hf_tokenizer
-from tests.reference_models import REMOTE_CODE
+from tests.conftest import REMOTE_CODE
 
 REPO_ID = "someone/tiny-gptlite"
 MODEL_FILES = {"config.json", "generation_config.json", "model.safetensors", *REMOTE_CODE}

@@ -15,7 +15,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from gptlite.conversion import from_hf, to_hf
 from gptlite.errors import EXIT_FAILURE, EXIT_USAGE, InputFileError, UsageError, exit_status
 from gptlite.loading import load_model, model_folder, read_model_config
-from tests.reference_models import TINY, randomize_, tiny_model
+from tests.conftest import TINY, randomize_, tiny_model
 
 
 def save_gpt2(folder, seed=0, **overrides):

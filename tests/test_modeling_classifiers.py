@@ -9,7 +9,7 @@ import torch
 from transformers import GPT2ForSequenceClassification, GPT2ForTokenClassification
 
 from gptlite import GPTLiteConfig, GPTLiteForCausalLM, GPTLiteForSequenceClassification, GPTLiteForTokenClassification
-from tests.reference_models import TINY, randomize_, tiny_model, to_gpt2
+from tests.conftest import TINY, randomize_, tiny_model, to_gpt2
 
 PAD = 0
 

@@ -5,8 +5,8 @@ import torch
 
 from gptlite import GPTLiteConfig, GPTLiteForCausalLM
 from gptlite.compat import cache_of
-from tests.book_gpt import BookGPTModel, book_generate_simple
-from tests.reference_models import TINY, book_state_dict, randomize_, tiny_model, to_gpt2
+from reference.book_gpt import BookGPTModel, book_generate_simple
+from tests.conftest import TINY, book_state_dict, randomize_, tiny_model, to_gpt2
 
 
 def test_state_dict_keys_are_the_books_with_the_trunk_under_model():

@@ -18,7 +18,7 @@ import gptlite
 from gptlite import GPTLiteConfig, GPTLiteForCausalLM, GPTLiteModel
 from gptlite.errors import InputFileError
 from gptlite.loading import load_model
-from tests.reference_models import REMOTE_CODE
+from tests.conftest import REMOTE_CODE
 
 PACKAGE_DIR = Path(gptlite.__file__).resolve().parent
 HUB_FILES = {"config.json", "generation_config.json", "model.safetensors", *REMOTE_CODE}

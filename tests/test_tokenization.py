@@ -26,10 +26,9 @@ from gptlite.tokenization import (
     get_tokenizer,
     save_tokenizer,
 )
+from tests.conftest import HIDE_GPTLITE, REPO_ROOT, SHARED_DATA, run_child
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DATA = REPO_ROOT / "gptlite" / "data"
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 THE_VERDICT = SHARED_DATA / "the-verdict.txt"
 THE_VERDICT_N_TOKENS = 5145
 
@@ -284,8 +283,6 @@ def _saved_gptlite_folder(tmp_path: Path) -> Path:
 
 
 def _load_tokenizer_without_gptlite(tmp_path: Path, how: str, text: str) -> tuple[dict, str]:
-    from test_remote_code import HIDE_GPTLITE, run_child
-
     child = run_child(HIDE_GPTLITE + LOAD_TOKENIZER, tmp_path, str(_saved_gptlite_folder(tmp_path)), how, text)
     assert child.returncode == 0, child.stderr
     return json.loads(child.stdout.splitlines()[-1]), child.stdout + child.stderr

@@ -12,7 +12,7 @@ from transformers.modeling_utils import AttentionInterface
 
 from gptlite import GPTLiteForCausalLM, GPTLiteModel
 from gptlite.compat import CACHE_NAME, cache_of
-from tests.reference_models import TINY, randomize_, tiny_model
+from tests.conftest import TINY, randomize_, tiny_model
 
 
 def test_declared_capabilities():

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from gptlite.compat import MIN_TRANSFORMERS
-from tests.test_remote_code import (
+from tests.conftest import (
     CHILD,
     NEW_TOKENS,
     PROMPT,

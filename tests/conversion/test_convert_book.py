@@ -1,4 +1,4 @@
-"""from_book: the book's GPTModel (tests/book_gpt.py, an independent plain-torch copy) saved as model.pth."""
+"""from_book: the book's GPTModel (reference/book_gpt.py, an independent plain-torch copy) saved as model.pth."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import json
 
 import pytest
 import torch
-from book_gpt import BookGPTModel, book_generate_simple
-from conversion_helpers import ATOL, randomize_, tokens
 from safetensors.torch import load_file
 
 from gptlite import GPTLiteForCausalLM
 from gptlite.conversion import ConversionError, from_book, to_hf
 from gptlite.conversion.names import book_name
+from reference.book_gpt import BookGPTModel, book_generate_simple
+from tests.conversion.conftest import ATOL, randomize_, tokens
 
 # The book's GPT_CONFIG_124M keys, shrunk (qkv_bias False as in chapter 4).
 BOOK_CONFIG = {"vocab_size": 90, "context_length": 20, "emb_dim": 32, "n_heads": 4, "n_layers": 2,

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conversion_helpers import OPENAI_TINY, tiny_gpt2
 from safetensors.torch import load_file, save_file
 
 from gptlite import GPTLiteConfig, GPTLiteForCausalLM
 from gptlite.conversion.cli import main
+from tests.conversion.conftest import OPENAI_TINY, tiny_gpt2
 
 
 def test_console_script_is_declared():

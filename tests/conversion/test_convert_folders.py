@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conversion_helpers import OPENAI_TINY, assert_intact, folder_logits, snapshot, tiny_gpt2, tree_hashes
 
 from gptlite import GPTLiteConfig, GPTLiteForCausalLM
 from gptlite.conversion import common, from_hf, storage, to_hf
 from gptlite.conversion.cli import main
+from tests.conversion.conftest import OPENAI_TINY, assert_intact, folder_logits, snapshot, tiny_gpt2, tree_hashes
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BOOK_CONFIG = {"vocab_size": 50, "context_length": 8, "emb_dim": 16, "n_heads": 2, "n_layers": 1}

@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
-from conversion_helpers import ATOL, greedy, max_diff, safetensors_keys, tiny_gpt2, tokens
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, GPT2LMHeadModel
 
 from gptlite import GPTLiteForCausalLM
 from gptlite.conversion import ConversionError, DownloadError, from_hf
+from tests.conversion.conftest import ATOL, greedy, max_diff, safetensors_keys, tiny_gpt2, tokens
 
 
 def save_gpt2(model: GPT2LMHeadModel, folder, layout: str) -> None:

@@ -11,13 +11,13 @@ import urllib.error
 import numpy as np
 import pytest
 import torch
-from conversion_helpers import ATOL, OPENAI_TINY, greedy, max_diff, tokens
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from gptlite import GPTLiteForCausalLM
 from gptlite import downloads as network
 from gptlite.conversion import ConversionError, DownloadError, from_openai
 from gptlite.conversion import download as download_module
+from tests.conversion.conftest import ATOL, OPENAI_TINY, greedy, max_diff, tokens
 
 HPARAMS = json.loads((OPENAI_TINY / "hparams.json").read_text())
 

@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
-from conversion_helpers import ATOL, greedy, max_diff, randomize_, tokens
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
 
 from gptlite import GPTLiteConfig, GPTLiteForCausalLM
 from gptlite.conversion import ConversionError, to_hf
+from tests.conversion.conftest import ATOL, greedy, max_diff, randomize_, tokens
 
 
 def tiny_gptlite(**overrides) -> GPTLiteForCausalLM:

@@ -7,10 +7,10 @@ import struct
 
 import numpy as np
 import pytest
-from conversion_helpers import OPENAI_TINY
 
 from gptlite.conversion.crc32c import crc32c, mask, unmask
 from gptlite.conversion.tf_bundle import TensorBundle, TensorBundleError, read_table
+from tests.conversion.conftest import OPENAI_TINY
 
 
 def test_crc32c_known_values():

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conversion_helpers import OPENAI_TINY, tiny_gpt2
 
 from gptlite import GPTLiteConfig, GPTLiteForCausalLM
 from gptlite.conversion import common, from_book, from_hf, from_openai, to_hf
 from gptlite.conversion.verify import RELATIVE_TOLERANCE, VerificationFailed
+from tests.conversion.conftest import OPENAI_TINY, tiny_gpt2
 
 DTYPES = ["float32", "float16", "bfloat16"]
 BOOK_CONFIG = {"vocab_size": 50, "context_length": 8, "emb_dim": 16, "n_heads": 2, "n_layers": 1}

@@ -8,13 +8,13 @@ import shutil
 
 import pytest
 import torch
-from conversion_helpers import max_diff, tiny_gpt2, tokens
 from transformers import GPT2LMHeadModel
 
 from gptlite.conversion import from_hf
 from gptlite.conversion.cli import main as convert_main
 from gptlite.conversion.storage import weights_files
 from gptlite.loading import load_model
+from tests.conversion.conftest import max_diff, tiny_gpt2, tokens
 
 
 def save_bin(model: GPT2LMHeadModel, folder, shards: int = 1) -> None:

@@ -7,7 +7,7 @@ from gptlite.modeling_gptlite import eager_attention_forward
 from gptlite.speedups import attention
 from gptlite.speedups.attention import FAST_DROPOUT_ATTENTION, fast_dropout_attention_forward
 from gptlite.speedups.dropout import _keep_mask
-from tests.reference_models import TINY, randomize_, tiny_model
+from tests.conftest import TINY, randomize_, tiny_model
 
 
 def test_fast_attention_builds_the_causal_mask_sdpa_would_skip():

@@ -13,7 +13,7 @@ from gptlite.speedups.attention import FAST_DROPOUT_ATTENTION
 from gptlite.speedups.decoding import DecodingLinear
 from gptlite.speedups.dropout import FastDropout
 from gptlite.speedups.kernels import FusedGELU
-from tests.reference_models import TINY, randomize_, tiny_model
+from tests.conftest import TINY, randomize_, tiny_model
 
 REMOTE_CODE = {"configuration_gptlite.py", "modeling_gptlite.py", "compat.py"}
 

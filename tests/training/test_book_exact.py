@@ -12,9 +12,9 @@ from gptlite.training.book_exact import check_book_exact
 from gptlite.training.cli import main
 from gptlite.training.loop import train
 from gptlite.training.recipes import build_config
+from reference.book_loop import run_book_appendix_d, run_book_chapter5
 from tests.conftest import SHARED_DATA
-from tests.training.book_loop import run_book_appendix_d, run_book_chapter5
-from tests.training.trainkit import write_corpus
+from tests.training.conftest import write_corpus
 
 # The book's chapter-5 listing (eval_iter 1): validation loss at steps 0, 5, ..., 85.
 BOOK_VAL_LOSSES = [9.933, 8.339, 7.048, 6.616, 6.600, 6.348, 6.278, 6.226, 6.160,
@@ -225,7 +225,7 @@ def test_book_ch5_reproduces_the_books_chapter5_run(tmp_path, capsys):
     assert [round(v, 3) for v in val[:4]] == BOOK_VAL_LOSSES[:4]
     assert all(abs(v - book) <= 0.01 for v, book in zip(val, BOOK_VAL_LOSSES)), list(zip(val, BOOK_VAL_LOSSES))
     # The training loss at step 0 over the first eval_iter shuffled batches: 9.897 for 1 batch (measured with
-    # tests/training/book_loop.py too); the book prints 9.781 ... 0.391, the mean over 5 (--eval-iter 5),
+    # reference/book_loop.py too); the book prints 9.781 ... 0.391, the mean over 5 (--eval-iter 5),
     # which leaves the validation losses unchanged (one validation batch, the same random draws).
     first = {1: 9.897, 5: 9.781}[config.eval.eval_iter]
     assert history.train_loss[0] == pytest.approx(first, abs=0.05)

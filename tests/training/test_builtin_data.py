@@ -17,8 +17,7 @@ from gptlite.training import builtin_data
 from gptlite.training.builtin_data import BUILTIN_TEXTS, builtin_text
 from gptlite.training.cli import main
 from gptlite.training.sources import resolve_files
-from tests.conftest import SHARED_DATA
-from tests.local_server import LocalServer
+from tests.conftest import SHARED_DATA, LocalServer
 
 TEXT = ("I had always thought Jack Gisburn rather a cheap genius--though a good fellow enough.\n" * 50).encode()
 

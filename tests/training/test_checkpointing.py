@@ -10,17 +10,6 @@ import time
 
 import pytest
 import torch
-from trainkit import (
-    config_flags,
-    fresh_accelerate_state,  # noqa: F401 (an autouse fixture)
-    max_abs_difference,
-    subprocess_env,
-    tiny_config,
-    train_command,
-    tree_hashes,
-    weights,
-    write_corpus,
-)
 
 from gptlite.training.checkpointing import (
     TRAINER_STATE_NAME,
@@ -32,27 +21,26 @@ from gptlite.training.checkpointing import (
     resolve_resume,
 )
 from gptlite.training.loop import train
+from tests.training.conftest import (
+    config_flags,
+    max_abs_difference,
+    subprocess_env,
+    tiny_config,
+    train_command,
+    tree_hashes,
+    weights,
+    write_corpus,
+)
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 # Dropout on and checkpoints every 2 steps of 18-step epochs: a kill lands inside an epoch.
 SETTINGS = {"epochs": 2, "drop_rate": 0.1, "checkpoint_every": 2, "keep_checkpoints": 3, "eval_freq": 5}
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.txt", n_words=2400)
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, corpus):
-    """The reference: the same run, never stopped."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    torch.set_num_threads(1)
-    folder = tmp_path_factory.mktemp("uninterrupted")
-    result = train(tiny_config(folder, corpus, **SETTINGS))
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    return result, weights(folder / "run"), folder
+def uninterrupted_settings():
+    return SETTINGS
 
 
 def fake_checkpoint(root, name, complete=True):

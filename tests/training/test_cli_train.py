@@ -8,9 +8,13 @@ from importlib.metadata import entry_points
 
 import pytest
 import torch
-from trainkit import (
+
+from gptlite.configuration_gptlite import PRESET_FIELDS
+from gptlite.generation import main as generate_main
+from gptlite.training.cli import eval_main, main
+from gptlite.training.recipes import build_config
+from tests.training.conftest import (
     config_flags,
-    fresh_accelerate_state,  # noqa: F401 (an autouse fixture)
     max_abs_difference,
     run,
     subprocess_env,
@@ -20,10 +24,7 @@ from trainkit import (
     write_corpus,
 )
 
-from gptlite.configuration_gptlite import PRESET_FIELDS
-from gptlite.generation import main as generate_main
-from gptlite.training.cli import eval_main, main
-from gptlite.training.recipes import build_config
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def printed_config(capsys, *argv: str) -> dict:

@@ -4,16 +4,15 @@ import pytest
 import torch
 
 from gptlite.training.clipping import clip_grad_norm, total_grad_norm
+from tests.training.conftest import reset_accelerate
 
 
 @pytest.fixture
 def accelerator():
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
 
     yield Accelerator(cpu=True)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate()
 
 
 def parameters_with_grads(scale: float) -> list[torch.nn.Parameter]:

@@ -5,21 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors import safe_open
-from trainkit import max_abs_difference, tiny_config, weights, write_corpus
 from transformers import AutoModelForCausalLM
 from transformers.generation import CompileConfig
 
 from gptlite import GPTLiteConfig, GPTLiteForCausalLM
 from gptlite.training.loop import train
+from tests.training.conftest import max_abs_difference, reset_accelerate, tiny_config, weights, write_corpus
 
 
 @pytest.fixture(autouse=True)
 def _fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, GradientState
-
     yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate()
 
 
 @pytest.fixture(autouse=True)

@@ -1,11 +1,10 @@
 import json
-import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 import gptlite.tokenization as tokenization
 from gptlite.tokenization import EOT_ID, EOT_TOKEN, get_tokenizer
@@ -18,28 +17,10 @@ from gptlite.training.data import (
 )
 from gptlite.training.sources import default_corpus, resolve_files
 from gptlite.training.windows import TokenWindows, num_windows
+from reference.book_loop import GPTDatasetV1
+from tests.training.conftest import generated_text, joined
 
 VERDICT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "the-verdict.txt"
-
-
-class GPTDatasetV1(Dataset):
-    """The book's chapter-2 dataset, verbatim apart from formatting."""
-
-    def __init__(self, txt, tokenizer, max_length, stride):
-        self.input_ids = []
-        self.target_ids = []
-        token_ids = tokenizer.encode(txt, allowed_special={"<|endoftext|>"})
-        for i in range(0, len(token_ids) - max_length, stride):
-            input_chunk = token_ids[i : i + max_length]
-            target_chunk = token_ids[i + 1 : i + max_length + 1]
-            self.input_ids.append(torch.tensor(input_chunk))
-            self.target_ids.append(torch.tensor(target_chunk))
-
-    def __len__(self):
-        return len(self.input_ids)
-
-    def __getitem__(self, idx):
-        return self.input_ids[idx], self.target_ids[idx]
 
 
 def book_loaders(text_data: str, batch_size: int = 2, context: int = 256):
@@ -51,15 +32,6 @@ def book_loaders(text_data: str, batch_size: int = 2, context: int = 256):
     train_loader = DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=0)
     val_loader = DataLoader(val, batch_size=batch_size, shuffle=False, drop_last=False, num_workers=0)
     return train_loader, val_loader
-
-
-def generated_text(n_words: int, seed: int = 0) -> str:
-    rng = random.Random(seed)
-    words = ["the", "painter", "said", "quietly", "Gisburn", "villa", "sketch", "--", "and", "never", "again"]
-    lines = []
-    for _ in range(n_words // 12):
-        lines.append(" ".join(rng.choice(words) for _ in range(12)) + rng.choice([".", "!", "?", ","]))
-    return "\n".join(lines) + "\n"
 
 
 def assert_same_loaders(ours, book):
@@ -131,14 +103,6 @@ def write_tables(folder: Path, docs: list[str]) -> dict[str, Path]:
     parquet = folder / "docs.parquet"
     pd.DataFrame({"text": docs, "n": range(len(docs))}).to_parquet(parquet)
     return {"jsonl": jsonl, "csv": csv, "parquet": parquet}
-
-
-def joined(docs: list[str]) -> list[int]:
-    enc = get_tokenizer()
-    out: list[int] = []
-    for i, doc in enumerate(docs):
-        out += ([] if i == 0 else [EOT_ID]) + enc.encode(doc, disallowed_special=())
-    return out
 
 
 DOCS = ["First document, about painting.", "Second one:\nwith a newline, and commas", "Third."]

@@ -6,9 +6,9 @@ import json
 import re
 
 import pytest
-from trainkit import run, subprocess_env, train_command
 
 from gptlite.training.recipes import build_config
+from tests.training.conftest import run, subprocess_env, train_command
 
 
 def test_default_settings_train_a_small_model_on_the_built_in_corpus():

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from trainkit import (
-    config_flags,
-    fresh_accelerate_state,  # noqa: F401 (an autouse fixture)
-    tiny_config,
-    write_corpus,
-)
 
 from gptlite.generation import main as generate_main
 from gptlite.training.checkpointing import list_checkpoints
 from gptlite.training.cli import eval_main, main
+from tests.training.conftest import (
+    config_flags,
+    tiny_config,
+    write_corpus,
+)
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def exit_of(capsys, command, argv) -> tuple[int, str]:

@@ -7,24 +7,20 @@ import math
 
 import pytest
 import torch
-from trainkit import (
-    fresh_accelerate_state,  # noqa: F401 (an autouse fixture)
-    max_abs_difference,
-    tiny_config,
-    weights,
-    write_corpus,
-)
 
 from gptlite.generation import generate_text, load_tokenizer
 from gptlite.modeling_gptlite import GPTLiteForCausalLM
 from gptlite.training.checkpointing import list_checkpoints, load_trainer_state
 from gptlite.training.loop import train
 from gptlite.training.monitoring import History, Progress
+from tests.training.conftest import (
+    max_abs_difference,
+    tiny_config,
+    weights,
+    write_corpus,
+)
 
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.txt", n_words=2400)
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def steps_per_epoch(run_dir) -> int:

@@ -7,16 +7,6 @@ import subprocess
 import sys
 
 import pytest
-from trainkit import (
-    config_flags,
-    free_port,
-    fresh_accelerate_state,  # noqa: F401 (an autouse fixture)
-    max_abs_difference,
-    subprocess_env,
-    tiny_config,
-    weights,
-    write_corpus,
-)
 
 from gptlite.training.checkpointing import (
     TrainerState,
@@ -27,6 +17,17 @@ from gptlite.training.checkpointing import (
 )
 from gptlite.training.loop import train
 from gptlite.training.runtime import make_accelerator
+from tests.training.conftest import (
+    config_flags,
+    free_port,
+    max_abs_difference,
+    subprocess_env,
+    tiny_config,
+    weights,
+    write_corpus,
+)
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def launch_two_machines(config, env) -> list[subprocess.CompletedProcess]:

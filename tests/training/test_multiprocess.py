@@ -5,10 +5,12 @@ from __future__ import annotations
 import sys
 
 import pytest
-from trainkit import (
+
+from gptlite.training.checkpointing import list_checkpoints, load_trainer_state
+from gptlite.training.loop import train
+from tests.training.conftest import (
     config_flags,
     free_port,
-    fresh_accelerate_state,  # noqa: F401 (an autouse fixture)
     max_abs_difference,
     run,
     subprocess_env,
@@ -17,8 +19,7 @@ from trainkit import (
     write_corpus,
 )
 
-from gptlite.training.checkpointing import list_checkpoints, load_trainer_state
-from gptlite.training.loop import train
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def two_processes(*train_flags: str) -> list[str]:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import sys
 
-from trainkit import fresh_accelerate_state, tiny_config, write_corpus  # noqa: F401  (fixture)
+import pytest
 
 from gptlite.training.loop import train
+from tests.training.conftest import tiny_config, write_corpus
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def test_without_matplotlib_the_run_saves_its_model_and_says_the_figures_are_left_out(tmp_path, monkeypatch, capsys):

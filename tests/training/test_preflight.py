@@ -9,14 +9,15 @@ import subprocess
 from contextlib import contextmanager
 
 import pytest
-from trainkit import (
+
+from gptlite.training.cli import eval_main, main
+from tests.training.conftest import (
     config_flags,
-    fresh_accelerate_state,  # noqa: F401 (an autouse fixture)
     tiny_config,
     write_corpus,
 )
 
-from gptlite.training.cli import eval_main, main
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def exit_of(capsys, command, argv) -> tuple[int, str]:

@@ -11,27 +11,26 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load
-from trainkit import (
-    config_flags,
-    fresh_accelerate_state,  # noqa: F401 (an autouse fixture)
-    tiny_config,
-    weights,
-    write_corpus,
-)
 
 from gptlite.training.cli import main
+from tests.training.conftest import (
+    config_flags,
+    reset_accelerate,
+    tiny_config,
+    weights,
+)
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 REPO_ID = "someone/tiny-run"
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.txt", n_words=1200)
+def corpus_words():
+    return 1200
 
 
 def cli(capsys, *argv: str) -> tuple[int, str, str]:
-    from accelerate.state import AcceleratorState, GradientState
-
     capsys.readouterr()
     try:
         main(list(argv))
@@ -39,8 +38,7 @@ def cli(capsys, *argv: str) -> tuple[int, str, str]:
     except SystemExit as done:
         code = done.code
     finally:
-        AcceleratorState._reset_state(True)
-        GradientState._reset_state()
+        reset_accelerate()
     out, err = capsys.readouterr()
     assert "Traceback" not in out + err
     return code, out, err

@@ -11,20 +11,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from trainkit import (
-    config_flags,
-    fresh_accelerate_state,  # noqa: F401 (an autouse fixture)
-    tiny_config,
-    tree_hashes,
-    weights,
-    write_corpus,
-)
 
 from gptlite.training.checkpointing import latest_checkpoint, load_trainer_state
 from gptlite.training.cli import main
-from gptlite.training.loop import train
 from gptlite.training.monitoring import Progress
 from gptlite.training.run_folder import read_run_record
+from tests.training.conftest import (
+    config_flags,
+    reset_accelerate,
+    tiny_config,
+    tree_hashes,
+    weights,
+)
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state", "terminal_signal_handlers")
 
 # Every size away from the defaults and from tiny_config's, so that a resume falling back to either shows.
 SIZES = {"emb_dim": 36, "n_layers": 3, "n_heads": 3, "context_length": 24, "batch_size": 3, "grad_accum": 2,
@@ -32,19 +32,7 @@ SIZES = {"emb_dim": 36, "n_layers": 3, "n_heads": 3, "context_length": 24, "batc
          "warmup_steps": 3, "keep_checkpoints": 1}
 
 
-@pytest.fixture(autouse=True)
-def terminal_signal_handlers():
-    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    yield
-    for signum, handler in previous.items():
-        signal.signal(signum, handler)
-
-
 def cli(capsys, *argv: str) -> tuple[int, str, str]:
-    from accelerate.state import AcceleratorState, GradientState
-
     capsys.readouterr()
     try:
         main(list(argv))
@@ -52,8 +40,7 @@ def cli(capsys, *argv: str) -> tuple[int, str, str]:
     except SystemExit as done:
         code = done.code
     finally:
-        AcceleratorState._reset_state(True)
-        GradientState._reset_state()
+        reset_accelerate()
     out, err = capsys.readouterr()
     assert "Traceback" not in out + err
     return code, out, err
@@ -64,24 +51,22 @@ def gptlite_lines(text: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.txt", n_words=1500)
+def corpus_words():
+    return 1500
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, corpus):
-    """The run with SIZES, trained to its end in one go."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    torch.set_num_threads(1)
-    config = tiny_config(tmp_path_factory.mktemp("uninterrupted"), corpus, **SIZES)
-    train(config)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    return Path(config.run.output_dir)
+def uninterrupted_settings():
+    return SIZES
 
 
-def test_a_run_stopped_mid_way_resumes_from_its_folder_alone_bit_identically(tmp_path, corpus, uninterrupted,
+@pytest.fixture(scope="module")
+def finished_run(uninterrupted):
+    """The folder of the run with SIZES, trained to its end in one go."""
+    return uninterrupted[2] / "run"
+
+
+def test_a_run_stopped_mid_way_resumes_from_its_folder_alone_bit_identically(tmp_path, corpus, finished_run,
                                                                               capsys, monkeypatch):
     end_step = Progress.end_step
 
@@ -100,24 +85,24 @@ def test_a_run_stopped_mid_way_resumes_from_its_folder_alone_bit_identically(tmp
     code, printed, err = cli(capsys, "--resume-from", "latest", "--output-dir", str(out))
     assert code == 0, err[-2000:]
     assert f"Resumed from {out}/checkpoints/checkpoint-7 at optimizer step 7 of " in printed
-    reference, resumed = weights(uninterrupted), weights(out)
+    reference, resumed = weights(finished_run), weights(out)
     assert reference.keys() == resumed.keys() and all(torch.equal(reference[k], resumed[k]) for k in reference)
-    assert history(out) == history(uninterrupted)
+    assert history(out) == history(finished_run)
 
 
 def history(folder: Path) -> dict:
     return json.loads((folder / "history.json").read_text(encoding="utf-8"))
 
 
-def test_resuming_a_finished_run_says_so_in_one_line_and_changes_nothing(uninterrupted, capsys):
-    before = tree_hashes(uninterrupted)
-    total = load_trainer_state(latest_checkpoint(uninterrupted)).global_step
-    code, printed, err = cli(capsys, "--resume-from", "latest", "--output-dir", str(uninterrupted))
+def test_resuming_a_finished_run_says_so_in_one_line_and_changes_nothing(finished_run, capsys):
+    before = tree_hashes(finished_run)
+    total = load_trainer_state(latest_checkpoint(finished_run)).global_step
+    code, printed, err = cli(capsys, "--resume-from", "latest", "--output-dir", str(finished_run))
     assert code == 0 and err == ""
-    assert printed == (f"gptlite-train: {uninterrupted} holds a finished run (--epochs 2: {total} of {total} optimizer "
+    assert printed == (f"gptlite-train: {finished_run} holds a finished run (--epochs 2: {total} of {total} optimizer "
                        f"steps done, its model saved); to train it further, resume with a larger --epochs or a "
                        f"--max-steps above {total}\n")
-    assert tree_hashes(uninterrupted) == before
+    assert tree_hashes(finished_run) == before
 
 
 @pytest.mark.parametrize(
@@ -132,20 +117,20 @@ def test_resuming_a_finished_run_says_so_in_one_line_and_changes_nothing(uninter
     ],
     ids=["flag", "bool-flag", "recipe", "config-file"],
 )
-def test_a_setting_that_contradicts_the_resumed_run_is_refused_by_name(uninterrupted, tmp_path, capsys, given,
+def test_a_setting_that_contradicts_the_resumed_run_is_refused_by_name(finished_run, tmp_path, capsys, given,
                                                                        message):
     (tmp_path / "seed.yaml").write_text("seed: 9\neval_freq: 2\n")
-    before = tree_hashes(uninterrupted)
+    before = tree_hashes(finished_run)
     argv = [arg.format(tmp=tmp_path) for arg in given]
-    code, _, err = cli(capsys, "--resume-from", "latest", "--output-dir", str(uninterrupted), *argv)
+    code, _, err = cli(capsys, "--resume-from", "latest", "--output-dir", str(finished_run), *argv)
     [line] = gptlite_lines(err)
-    assert code == 2 and message.format(tmp=tmp_path, record=uninterrupted / "run.json") in line
+    assert code == 2 and message.format(tmp=tmp_path, record=finished_run / "run.json") in line
     assert "may change only --epochs, --max-steps, --eval-freq" in line
-    assert tree_hashes(uninterrupted) == before
+    assert tree_hashes(finished_run) == before
 
 
-def test_flags_that_repeat_the_run_or_are_safe_to_change_are_accepted(uninterrupted, capsys):
-    argv = ["--resume-from", "latest", "--output-dir", str(uninterrupted), "--emb-dim", "36", "--no-qkv-bias",
+def test_flags_that_repeat_the_run_or_are_safe_to_change_are_accepted(finished_run, capsys):
+    argv = ["--resume-from", "latest", "--output-dir", str(finished_run), "--emb-dim", "36", "--no-qkv-bias",
             "--seed", "5", "--eval-freq", "2", "--keep-checkpoints", "3", "--sample-tokens", "4"]
     code, printed, err = cli(capsys, *argv, "--print-config")
     settings = json.loads(printed)
@@ -155,14 +140,14 @@ def test_flags_that_repeat_the_run_or_are_safe_to_change_are_accepted(uninterrup
     assert code == 0 and "holds a finished run" in printed
 
 
-def test_a_larger_epochs_extends_the_run_at_its_last_learning_rate(uninterrupted, tmp_path, capsys):
+def test_a_larger_epochs_extends_the_run_at_its_last_learning_rate(finished_run, tmp_path, capsys):
     moved = tmp_path / "moved"  # a copied folder resumes too: --output-dir is the one place that names it
-    shutil.copytree(uninterrupted, moved)
+    shutil.copytree(finished_run, moved)
     done = load_trainer_state(latest_checkpoint(moved))
     code, printed, err = cli(capsys, "--resume-from", "latest", "--output-dir", str(moved), "--epochs", "3")
     assert code == 0, err[-2000:]
     lr, total = history(moved)["lr"], 3 * done.steps_per_epoch
-    assert len(lr) == total and lr[: done.global_step] == history(uninterrupted)["lr"]
+    assert len(lr) == total and lr[: done.global_step] == history(finished_run)["lr"]
     assert lr[done.global_step:] == pytest.approx([1e-5] * (total - done.global_step))  # the cosine's floor
     assert read_run_record(moved)["settings"]["epochs"] == 3  # the next resume by the folder alone keeps it
     code, printed, _ = cli(capsys, "--resume-from", "latest", "--output-dir", str(moved))

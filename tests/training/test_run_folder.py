@@ -15,30 +15,32 @@ import sys
 
 import pytest
 import torch
-from trainkit import (
-    config_flags,
-    folder_logits,
-    fresh_accelerate_state,  # noqa: F401 (an autouse fixture)
-    tiny_config,
-    tree_hashes,
-    write_corpus,
-)
 
 from gptlite.training.checkpointing import list_checkpoints, load_trainer_state
 from gptlite.training.cli import main
 from gptlite.training.loop import train
 from gptlite.training.run_folder import LOCK_FILE, RUN_FILE, read_run_record, run_settings
+from tests.training.conftest import (
+    config_flags,
+    folder_logits,
+    reset_accelerate,
+    run,
+    subprocess_env,
+    tiny_config,
+    train_command,
+    tree_hashes,
+)
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.txt", n_words=1200)
+def corpus_words():
+    return 1200
 
 
 def cli(capsys, config, *extra: str) -> tuple[int, str, str]:
     """Run ``gptlite-train`` in this process with ``config``'s flags; (exit code, stdout, stderr)."""
-    from accelerate.state import AcceleratorState, GradientState
-
     capsys.readouterr()
     try:
         main([*config_flags(config), *extra])
@@ -46,8 +48,7 @@ def cli(capsys, config, *extra: str) -> tuple[int, str, str]:
     except SystemExit as done:
         code = done.code
     finally:
-        AcceleratorState._reset_state(True)
-        GradientState._reset_state()
+        reset_accelerate()
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -183,8 +184,6 @@ def test_a_second_live_process_is_refused_and_a_dead_ones_lock_is_taken_over(tmp
 
 @pytest.mark.slow
 def test_two_real_processes_on_one_folder_the_second_is_refused(tmp_path, corpus):
-    from trainkit import run, subprocess_env, train_command
-
     config = tiny_config(tmp_path, corpus, max_steps=400, eval_freq=1000)
     env = subprocess_env(tmp_path)
     first = subprocess.Popen(train_command(*config_flags(config)), env=env, stdout=subprocess.DEVNULL,

@@ -10,12 +10,16 @@ import sys
 import time
 
 import pytest
-import torch
-from trainkit import (
+
+from gptlite.training.checkpointing import latest_checkpoint, list_checkpoints, load_trainer_state
+from gptlite.training.cli import main
+from gptlite.training.loop import train
+from gptlite.training.monitoring import Progress
+from tests.training.conftest import (
     config_flags,
     free_port,
-    fresh_accelerate_state,  # noqa: F401 (an autouse fixture)
     max_abs_difference,
+    reset_accelerate,
     run,
     subprocess_env,
     tiny_config,
@@ -24,46 +28,17 @@ from trainkit import (
     write_corpus,
 )
 
-from gptlite.training.checkpointing import latest_checkpoint, list_checkpoints, load_trainer_state
-from gptlite.training.cli import main
-from gptlite.training.loop import train
-from gptlite.training.monitoring import Progress
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state", "terminal_signal_handlers")
 
 SETTINGS = {"epochs": 2, "drop_rate": 0.1, "checkpoint_every": 4, "keep_checkpoints": 3, "eval_freq": 5}
 
 
-@pytest.fixture(autouse=True)
-def terminal_signal_handlers():
-    """SIGINT and SIGTERM as a terminal starts a program, whatever launched pytest (a script's `pytest &`
-    ignores SIGINT, which gptlite then leaves ignored)."""
-    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    yield
-    for signum, handler in previous.items():
-        signal.signal(signum, handler)
-
-
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.txt", n_words=2400)
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, corpus):
-    from accelerate.state import AcceleratorState, GradientState
-
-    torch.set_num_threads(1)
-    folder = tmp_path_factory.mktemp("uninterrupted")
-    result = train(tiny_config(folder, corpus, **SETTINGS))
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    return result, weights(folder / "run")
+def uninterrupted_settings():
+    return SETTINGS
 
 
 def cli(capsys, *argv: str) -> tuple[int, str]:
-    from accelerate.state import AcceleratorState, GradientState
-
     capsys.readouterr()
     try:
         main(list(argv))
@@ -71,8 +46,7 @@ def cli(capsys, *argv: str) -> tuple[int, str]:
     except SystemExit as done:
         code = done.code
     finally:
-        AcceleratorState._reset_state(True)
-        GradientState._reset_state()
+        reset_accelerate()
     return code, capsys.readouterr().err
 
 
@@ -84,7 +58,7 @@ def the_line(err: str) -> str:
 
 
 def assert_same_run(resumed, out, uninterrupted) -> None:
-    reference, reference_weights = uninterrupted
+    reference, reference_weights = uninterrupted[:2]
     for key, values in reference.history.to_dict().items():
         assert resumed.history.to_dict()[key] == pytest.approx(values), key
     assert max_abs_difference(reference_weights, weights(out)) <= 1e-6

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from gptlite.training.throughput import _datasheet_peak, device_peak_flops, model_flops_per_token
-from tests.reference_models import tiny_model
+from tests.conftest import tiny_model
 
 
 @pytest.mark.parametrize(

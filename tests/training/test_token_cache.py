@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_data import generated_text, joined
 from torch.utils.data import DataLoader, default_collate
 
 import gptlite.training.token_cache as token_cache
@@ -14,6 +13,7 @@ from gptlite.errors import InputFileError
 from gptlite.training.data import DataConfig, build_dataloaders, load_token_splits
 from gptlite.training.token_cache import ShardWriter, TokenShards, encode_parts, tokenize_documents
 from gptlite.training.windows import TokenWindows, collate_windows
+from tests.training.conftest import generated_text, joined
 
 
 def windows(ds) -> list[tuple[list[int], list[int]]]:

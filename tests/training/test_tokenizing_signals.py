@@ -11,9 +11,9 @@ import sys
 import time
 
 import pytest
-from trainkit import subprocess_env, write_corpus
 
 from gptlite.training.data import DataConfig, load_token_splits
+from tests.training.conftest import subprocess_env, write_corpus
 
 # gptlite-train with tasks of one small file each, two workers, and tasks slow enough to be signalled mid-way.
 SLOW_TOKENIZING = """

@@ -1,4 +1,6 @@
-"""Tiny random models and checks shared by the conversion tests (no network, no downloads)."""
+"""Tiny random models and checks shared by the conversion tests (no network, no downloads).
+
+Tests import them as ``from tests.conversion.conftest import ...``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A plain-torch reference of the book's chapter-4 `GPTModel`, written for the tests.
+"""A plain-torch reference of the book's chapter-4 `GPTModel`, for the tests and benchmarks.
 
 It follows the book's code path step by step (explicit mean/var LayerNorm, tanh GELU formula,
 masked_fill with -inf before scaling, a persistent `mask` buffer), so gptlite's logits can be

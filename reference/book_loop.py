@@ -1,14 +1,19 @@
-"""A plain copy of the book's chapter-5 training code (``GPTDatasetV1`` to ``train_model_simple``), for the tests.
+"""A plain copy of the book's chapter-5 training code (``GPTDatasetV1`` to ``train_model_simple``), for the tests
+and benchmarks/bench_book.py.
 
-It shares no code with gptlite's training package: it drives :class:`tests.book_gpt.BookGPTModel` (or any
+It shares no code with gptlite's training package: it drives :class:`reference.book_gpt.BookGPTModel` (or any
 module returning logits) exactly as the book's listing does, so gptlite's book-exact mode can be compared
 against it number for number.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from reference.book_gpt import BookGPTModel
 
 
 class GPTDatasetV1(Dataset):
@@ -116,8 +121,6 @@ def run_book_chapter5(text, cfg, tokenizer, num_epochs=10, batch_size=2, eval_fr
                       weight_decay=0.1, seed=123, start_context="Every effort moves you", model_factory=None,
                       sample_tokens=50):
     """The chapter's listing: split at 90% of the characters, loaders, ``torch.manual_seed``, model, AdamW, train."""
-    from tests.book_gpt import BookGPTModel
-
     train_ratio = 0.90
     split_idx = int(train_ratio * len(text))
     train_data, val_data = text[:split_idx], text[split_idx:]
@@ -145,8 +148,6 @@ def run_book_chapter5(text, cfg, tokenizer, num_epochs=10, batch_size=2, eval_fr
 def train_model(model, train_loader, val_loader, optimizer, device, n_epochs, eval_freq, eval_iter, start_context,
                 tokenizer, warmup_steps, context_size, initial_lr=3e-05, min_lr=1e-6, sample_tokens=50, log=None,
                 max_norm=1.0):
-    import math
-
     train_losses, val_losses, track_tokens_seen, track_lrs, step_losses, samples = [], [], [], [], [], []
     tokens_seen, global_step = 0, -1
     peak_lr = optimizer.param_groups[0]["lr"]
@@ -192,8 +193,6 @@ def run_book_appendix_d(text, cfg, tokenizer, n_epochs=15, batch_size=2, eval_fr
 
     ``max_norm`` is the listing's 1.0; the tests on tiny models lower it, whose gradients stay below 1.
     """
-    from tests.book_gpt import BookGPTModel
-
     train_ratio = 0.90
     split_idx = int(train_ratio * len(text))
     torch.manual_seed(seed)

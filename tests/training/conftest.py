@@ -1,9 +1,13 @@
-"""Shared pieces of the training-loop tests: a generated corpus, tiny settings, subprocess helpers."""
+"""Shared pieces of the training tests: a generated corpus, tiny settings, subprocess helpers, and the fixtures
+several modules use (the corpus, the uninterrupted reference run, terminal signal handlers, a fresh Accelerate).
+
+Tests import the plain helpers as ``from tests.training.conftest import ...``; fixtures need no import."""
 
 from __future__ import annotations
 
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -13,7 +17,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from gptlite.tokenization import EOT_ID, get_tokenizer
 from gptlite.training.config import TrainConfig
+from gptlite.training.loop import train
 
 WORDS = (
     "the for statement is used to iterate over elements of a sequence such as string tuple or list "
@@ -120,15 +126,81 @@ def folder_logits(folder: Path) -> torch.Tensor:
         return model(torch.arange(8).unsqueeze(0)).logits
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Autouse in the modules that import it: each run starts as a new program would, on one thread."""
-    # Accelerate keeps process-wide singletons (AcceleratorState, GradientState): reset them after each test.
+def generated_text(n_words: int, seed: int = 0) -> str:
+    """Sentences of the-verdict's words with punctuation: text whose tokenization is not one token per word."""
+    rng = random.Random(seed)
+    words = ["the", "painter", "said", "quietly", "Gisburn", "villa", "sketch", "--", "and", "never", "again"]
+    lines = []
+    for _ in range(n_words // 12):
+        lines.append(" ".join(rng.choice(words) for _ in range(12)) + rng.choice([".", "!", "?", ","]))
+    return "\n".join(lines) + "\n"
+
+
+def joined(docs: list[str]) -> list[int]:
+    """The token ids of ``docs`` joined by <|endoftext|>, as one list in memory (the pre-cache way)."""
+    enc = get_tokenizer()
+    out: list[int] = []
+    for i, doc in enumerate(docs):
+        out += ([] if i == 0 else [EOT_ID]) + enc.encode(doc, disallowed_special=())
+    return out
+
+
+def reset_accelerate() -> None:
+    """Accelerate keeps process-wide singletons (AcceleratorState, GradientState): forget them, as a new program."""
     from accelerate.state import AcceleratorState, GradientState
 
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Each run starts as a new program would, on one thread. Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")``; not autouse, so that the other modules keep
+    torch's thread count."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: one thread is as fast and immune to a busy machine
     yield
     torch.set_num_threads(threads)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate()
+
+
+@pytest.fixture
+def terminal_signal_handlers():
+    """SIGINT and SIGTERM as a terminal starts a program, whatever launched pytest (a script's `pytest &`
+    ignores SIGINT, which gptlite then leaves ignored). Opt in with ``usefixtures``."""
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
+@pytest.fixture(scope="module")
+def corpus_words() -> int:
+    """How many words the module's ``corpus`` has; a module overrides this fixture to change it."""
+    return 2400
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, corpus_words):
+    """One generated corpus per module: its runs share the token cache's input."""
+    return write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.txt", n_words=corpus_words)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_settings() -> dict:
+    """``tiny_config`` overrides of the module's ``uninterrupted`` run; a module overrides this fixture."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, corpus, uninterrupted_settings):
+    """The reference a stopped and resumed run must equal: the same run, never stopped.
+    (result, weights of the saved model, the folder holding ``run/``)."""
+    torch.set_num_threads(1)
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    result = train(tiny_config(folder, corpus, **uninterrupted_settings))
+    reset_accelerate()
+    return result, weights(folder / "run"), folder
