@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from gptlite.folders import move_into_place
+
 __all__ = ["DownloadError", "cache_root", "download", "download_folder", "is_offline", "sha256_of"]
 
 _CHUNK = 1 << 20
@@ -110,4 +112,4 @@ def download(url: str, dest: Path, size: int | None = None, sha256: str | None =
             part.unlink()
             raise DownloadError(f"{url}: the downloaded file's SHA-256 is {digest}, expected {sha256}; "
                                 "it was deleted, run again to fetch it afresh")
-    part.replace(dest)
+    move_into_place(part, dest)

@@ -45,7 +45,16 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from gptlite.errors import InputFileError
-from gptlite.folders import FolderRefused, FolderWriteError, atomic_folder, fsync_tree, process_alive, write_failure
+from gptlite.folders import (
+    FolderRefused,
+    FolderWriteError,
+    atomic_file,
+    atomic_folder,
+    fsync_tree,
+    move_into_place,
+    process_alive,
+    write_failure,
+)
 from gptlite.training.checkpointing import (
     check_intact,
     checkpoint_run_id,
@@ -86,15 +95,6 @@ def _holds_a_model(folder: Path) -> bool:
 
 def _new_run_id() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-
-
-def _write_json_atomically(path: Path, values: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(values, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # -- the lock ---------------------------------------------------------------------------------
@@ -316,7 +316,8 @@ class RunFolder:
                       "host": socket.gethostname()}
         elif record.get("settings") == settings:
             return
-        _write_json_atomically(self.path / RUN_FILE, {**record, "settings": settings})
+        with atomic_file(self.path / RUN_FILE) as tmp:
+            tmp.write_text(json.dumps({**record, "settings": settings}, indent=1), encoding="utf-8")
 
     def latest_checkpoint(self) -> Path | None:
         """This run's newest complete checkpoint."""
@@ -370,7 +371,7 @@ class RunFolder:
             raise
         names = sorted(p.name for p in staged.iterdir())
         for name in sorted(names, key=lambda n: n == "config.json"):  # the config last: it names the weights
-            os.replace(staged / name, final / name)
+            move_into_place(staged / name, final / name)
         shutil.rmtree(staged, ignore_errors=True)
 
 
