@@ -1,6 +1,7 @@
 """Resumable, checked downloads into gptlite's cache: the one place gptlite itself touches the network.
 
-Used by conversion (OpenAI's GPT-2 release) and by training (the book's ``the-verdict.txt``). A file is
+Used by conversion (OpenAI's GPT-2 release), by training (the book's ``the-verdict.txt``) and, for Hub models,
+by loading and conversion alike (:func:`hub_snapshot`, through ``huggingface_hub``). A file is
 fetched to ``<name>.part``, resumed with a ``Range`` request when a partial copy exists, and renamed to
 its final name only after its size (and, when known, its SHA-256) matched, so a file under its final
 name is complete.
@@ -16,7 +17,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["DownloadError", "cache_root", "download", "download_folder", "is_offline", "sha256_of"]
+import huggingface_hub
+from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+from gptlite.folders import move_into_place
+
+__all__ = ["DownloadError", "cache_root", "download", "download_folder", "hub_snapshot", "is_offline", "sha256_of"]
 
 _CHUNK = 1 << 20
 _TIMEOUT = 30
@@ -110,4 +116,31 @@ def download(url: str, dest: Path, size: int | None = None, sha256: str | None =
             part.unlink()
             raise DownloadError(f"{url}: the downloaded file's SHA-256 is {digest}, expected {sha256}; "
                                 "it was deleted, run again to fetch it afresh")
-    part.replace(dest)
+    move_into_place(part, dest)
+
+
+def hub_snapshot(repo_id: str, cache_dir: str | Path | None = None) -> Path:
+    """Download (or find in the cache) a GPT-2 repo's config.json and weights; return the local folder.
+
+    safetensors weights are preferred; `pytorch_model.bin` is fetched only when a repo has none.
+    """
+    offline = is_offline()
+
+    def fetch(patterns: list[str]) -> Path:
+        try:
+            return Path(huggingface_hub.snapshot_download(
+                repo_id, allow_patterns=patterns, cache_dir=cache_dir, local_files_only=offline
+            ))
+        except (RepositoryNotFoundError, HFValidationError) as err:
+            raise DownloadError(f"{repo_id!r} is neither a local folder nor a Hub model ({err})") from None
+        except (LocalEntryNotFoundError, ConnectionError, OSError) as err:
+            why = "HF_HUB_OFFLINE is set" if offline else "the Hub cannot be reached"
+            raise DownloadError(
+                f"cannot fetch {repo_id!r}: {why} and it is not in the local cache. Pass a local checkpoint "
+                f"folder, or retry online. ({type(err).__name__}: {err})"
+            ) from None
+
+    folder = fetch(["config.json", "*.safetensors", "model.safetensors.index.json"])
+    if not any(folder.glob("*.safetensors")):
+        folder = fetch(["config.json", "pytorch_model.bin"])
+    return folder

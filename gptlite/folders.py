@@ -6,6 +6,10 @@ one ``renameat2(RENAME_EXCHANGE)``: at every instant the path holds either the c
 complete new one. Elsewhere the old folder is renamed aside first (a crash between the two renames leaves
 it beside the path, whole). Whatever fails before the swap (disk full, a bad tensor, Ctrl-C) removes the
 temporary folder and leaves the previous one byte-identical.
+
+A single file is written the same way (:func:`atomic_file`), and a temporary file or folder that a caller
+names itself (a resumable download, a checkpoint written by several processes) is made visible by
+:func:`move_into_place`: the one flush-then-rename step that every atomic write of gptlite goes through.
 """
 
 from __future__ import annotations
@@ -25,10 +29,12 @@ from ._libc import libc
 __all__ = [
     "FolderRefused",
     "FolderWriteError",
+    "atomic_file",
     "atomic_folder",
     "check_output_folder",
     "fsync_tree",
     "is_disk_full",
+    "move_into_place",
     "process_alive",
     "same_or_inside",
     "usual_file_mode",
@@ -138,15 +144,9 @@ def fsync_tree(folder: Path) -> None:
     """Flush every file of ``folder`` and the folders themselves: a rename without it may expose empty files
     after a power cut."""
     for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-        if path.is_file() and not path.is_symlink():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        elif path.is_dir():
-            _fsync_dir(path)
-    _fsync_dir(folder)
+        if path.is_file() and not path.is_symlink() or path.is_dir():
+            _fsync(path)
+    _fsync(folder)
 
 
 def usual_file_mode() -> int:
@@ -173,8 +173,9 @@ def usual_weight_modes(folder: Path) -> None:
             os.chmod(path, mode)
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
+def _fsync(path: Path) -> None:
+    # A file or a folder: a folder's fsync makes the names in it (a rename) durable.
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -209,7 +210,7 @@ def _remove_stale_siblings(final: Path) -> None:
     for path in final.parent.iterdir():
         match = _TMP.match(path.name)
         if match and match["name"] == final.name and not process_alive(int(match["pid"])):
-            shutil.rmtree(path, ignore_errors=True)
+            _remove(path)
 
 
 def _swap_into_place(tmp: Path, final: Path) -> None:
@@ -222,7 +223,60 @@ def _swap_into_place(tmp: Path, final: Path) -> None:
         os.rename(final, aside)
         os.rename(tmp, final)
         shutil.rmtree(aside, ignore_errors=True)
-    _fsync_dir(final.parent)
+
+
+def move_into_place(tmp: str | os.PathLike[str], final: str | os.PathLike[str], *, replace: bool = True) -> None:
+    """Flush ``tmp`` (a file, or a folder and everything in it) to disk, then make it ``final`` in one rename.
+
+    What was at ``final`` is replaced whole (a folder by :func:`atomic_folder`'s swap). With ``replace=False``
+    a folder ``tmp`` is only renamed, which fails (``OSError``) when ``final`` is a folder that is not empty:
+    whoever wrote it first wins. The caller removes ``tmp`` if this raises.
+    """
+    tmp, final = Path(tmp), Path(final)
+    is_dir = tmp.is_dir()
+    if is_dir:
+        fsync_tree(tmp)
+    else:
+        _fsync(tmp)
+    if not replace:
+        os.rename(tmp, final)
+    elif is_dir:
+        _swap_into_place(tmp, final)
+    else:
+        os.replace(tmp, final)
+    _fsync(final.parent)  # the rename itself, or a power cut may undo it
+
+
+def _temp_sibling(final: Path) -> Path:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_siblings(final)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    _remove(tmp)
+    return tmp
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_file(final: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield the path of a temporary sibling of ``final`` to write; when the block ends, it becomes ``final``.
+
+    If the block raises (or the flush fails), the temporary file is removed and ``final`` is left as it was; the
+    error propagates as it is (the caller knows what to call intact).
+    """
+    final = Path(final)
+    tmp = _temp_sibling(final)
+    try:
+        yield tmp
+        move_into_place(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @contextmanager
@@ -233,16 +287,12 @@ def atomic_folder(final: str | os.PathLike[str]) -> Iterator[Path]:
     was. A full disk becomes ``FolderWriteError("No space left on device while writing FINAL; ... is intact")``.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_siblings(final)
+    tmp = _temp_sibling(final)
     existed = final.exists()
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         yield tmp
-        fsync_tree(tmp)
-        _swap_into_place(tmp, final)
+        move_into_place(tmp, final)
     except BaseException as err:
         # Judged before the half-written files are removed, while a full disk is still full.
         failure = write_failure(err, final, f"{final} is intact" if existed else f"nothing was left at {final}")

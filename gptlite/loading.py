@@ -24,16 +24,24 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .configuration_gptlite import GPTLiteConfig
+from .downloads import DownloadError, hub_snapshot, is_offline
 from .errors import InputFileError, UsageError, one_line
 from .modeling_gptlite import GPTLiteForCausalLM
 
-__all__ = ["first_non_finite", "load_model", "model_folder", "read_model_config"]
+if TYPE_CHECKING:
+    from .conversion.storage import TensorSource
 
+__all__ = [
+    "book_named", "check_gptlite_source", "first_non_finite", "load_model", "model_folder", "read_model_config"
+]
+
+# gptlite.conversion imports this module (the checks of a gptlite model's tensors below), so the readers of
+# tensor files and the in-memory GPT-2 conversion it uses are imported when called, never while importing.
 
 
 def _notice(message: str) -> None:
@@ -59,8 +67,6 @@ def model_folder(source: str | os.PathLike[str], cache_dir: str | os.PathLike[st
         raise UsageError(f"{name} is a file, not a model folder (a folder with config.json and model.safetensors)")
     if _looks_like_a_path(name) or not name.strip():
         raise UsageError(f"{name} is neither a folder nor reachable on the Hub: no such folder, and it is not a Hub id")
-    from .conversion.download import DownloadError, hub_snapshot, is_offline
-
     try:
         return hub_snapshot(name, cache_dir=cache_dir)
     except DownloadError as err:
@@ -126,8 +132,58 @@ def read_model_config(folder: str | os.PathLike[str]) -> tuple[str, GPTLiteConfi
     )
 
 
+def book_named(source: TensorSource) -> TensorSource:
+    """A gptlite folder's or model's tensors under the book's names, whether its trunk is under `model.` or not."""
+    from .conversion.names import book_name
+    from .conversion.storage import RenamedSource
+
+    return RenamedSource(source, book_name)
+
+
+def check_gptlite_source(
+    config: GPTLiteConfig,
+    source: TensorSource,
+    described_by: str,
+    hint: Callable[[str], str] = lambda name: "",
+    extra_reason: str = "",
+) -> list[str]:
+    """Every tensor of the gptlite model `config` describes, with its shape, and nothing else.
+
+    Names are the book's (the table's): a gptlite folder's source is read through `book_named`.
+
+    Returns the names to read. The book's `att.mask` buffers are ignored (gptlite builds masks on the
+    fly), and so is a saved copy of a tied head. `hint(name)` may add advice to an error about `name`;
+    `extra_reason` ends the error about an unexpected tensor.
+    """
+    from .conversion.names import book_name
+    from .conversion.storage import ConversionError
+
+    with torch.device("meta"):  # names and shapes, no memory
+        model = GPTLiteForCausalLM(config)
+    expected = {book_name(name): tuple(t.shape) for name, t in model.state_dict().items()}
+    found = {name for name in source.names() if not name.endswith(".att.mask")}
+    in_file = getattr(source, "file_name", lambda name: name)  # messages name the tensor as the file does
+    if config.tie_word_embeddings:
+        expected.pop("out_head.weight")
+        found.discard("out_head.weight")
+    for name, shape in expected.items():
+        if name not in found:
+            raise ConversionError(f"{source.path}: tensor {name} is missing{hint(name)}")
+        if source.shape(name) != shape:
+            raise ConversionError(
+                f"{source.file_of(name)}: tensor {in_file(name)} has shape {list(source.shape(name))}, "
+                f"but {described_by} needs {list(shape)}"
+            )
+    extra = sorted(found - set(expected))
+    if extra:
+        raise ConversionError(
+            f"{source.file_of(extra[0])}: tensor {in_file(extra[0])} is not part of the model {described_by} describes"
+            f"{hint(extra[0])} ({len(extra)} unexpected tensors){extra_reason}"
+        )
+    return list(expected)
+
+
 def _check_gptlite_weights(folder: Path, config: GPTLiteConfig, notice: Callable[[str], None] | None) -> None:
-    from .conversion.common import book_named, check_gptlite_source
     from .conversion.storage import ConversionError, open_weights
 
     try:  # the check speaks the book's names, whether the folder's trunk is under `model.` or not

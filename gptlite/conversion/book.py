@@ -15,7 +15,8 @@ import torch
 
 from ..configuration_gptlite import GPTLiteConfig
 from ..folders import atomic_folder
-from .common import ConversionResult, book_named, check_gptlite_source, parse_dtype, write_gptlite
+from ..loading import book_named, check_gptlite_source
+from .common import ConversionResult, parse_dtype, write_gptlite
 from .output import check_conversion_output
 from .storage import ConversionError, FlagError, TensorSource, load_torch_file
 

@@ -1,8 +1,8 @@
-"""Fetching checkpoints: Hub snapshots through huggingface_hub, OpenAI's release from its public blobs.
+"""Fetching OpenAI's GPT-2 release from its public blobs (Hub snapshots: :func:`gptlite.downloads.hub_snapshot`).
 
-Both resume partial downloads (OpenAI's through :mod:`gptlite.downloads`), check sizes, and fail at once
-with a clear message when offline (`HF_HUB_OFFLINE=1`) or when the network cannot be reached; a complete
-cached copy is used offline.
+Partial downloads resume (through :mod:`gptlite.downloads`), sizes are checked, and a fetch fails at once with a
+clear message when offline (`HF_HUB_OFFLINE=1`) or when the network cannot be reached; a complete cached copy is
+used offline.
 """
 
 from __future__ import annotations
@@ -12,43 +12,13 @@ from pathlib import Path
 
 from gptlite.downloads import DownloadError, cache_root, download, download_folder, is_offline
 
-__all__ = ["OPENAI_SIZES", "DownloadError", "hub_snapshot", "is_offline", "openai_checkpoint"]
+__all__ = ["OPENAI_SIZES", "DownloadError", "is_offline", "openai_checkpoint"]
 
 # OpenAI's download_model.py (and the book's gpt_download.py) fetch from here: models/<size>/<file>.
 OPENAI_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
 OPENAI_SIZES = ("124M", "355M", "774M", "1558M")
 # Only what conversion reads: the .meta graph is TensorFlow's, and the BPE files ship with gptlite.
 OPENAI_FILES = ("checkpoint", "hparams.json", "model.ckpt.index", "model.ckpt.data-00000-of-00001")
-
-
-def hub_snapshot(repo_id: str, cache_dir: str | Path | None = None) -> Path:
-    """Download (or find in the cache) a GPT-2 repo's config.json and weights; return the local folder.
-
-    safetensors weights are preferred; `pytorch_model.bin` is fetched only when a repo has none.
-    """
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
-
-    offline = is_offline()
-
-    def fetch(patterns: list[str]) -> Path:
-        try:
-            return Path(snapshot_download(
-                repo_id, allow_patterns=patterns, cache_dir=cache_dir, local_files_only=offline
-            ))
-        except (RepositoryNotFoundError, HFValidationError) as err:
-            raise DownloadError(f"{repo_id!r} is neither a local folder nor a Hub model ({err})") from None
-        except (LocalEntryNotFoundError, ConnectionError, OSError) as err:
-            why = "HF_HUB_OFFLINE is set" if offline else "the Hub cannot be reached"
-            raise DownloadError(
-                f"cannot fetch {repo_id!r}: {why} and it is not in the local cache. Pass a local checkpoint "
-                f"folder, or retry online. ({type(err).__name__}: {err})"
-            ) from None
-
-    folder = fetch(["config.json", "*.safetensors", "model.safetensors.index.json"])
-    if not any(folder.glob("*.safetensors")):
-        folder = fetch(["config.json", "pytorch_model.bin"])
-    return folder
 
 
 def openai_checkpoint(size: str, cache_dir: str | Path | None = None) -> Path:

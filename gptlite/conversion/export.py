@@ -11,8 +11,9 @@ from transformers import GPT2LMHeadModel
 
 from ..configuration_gptlite import GPTLiteConfig
 from ..folders import atomic_folder
+from ..loading import book_named, check_gptlite_source
 from ..modeling_gptlite import GPTLiteForCausalLM
-from .common import ConversionResult, book_named, check_gptlite_source, meta_model, parse_dtype, save_streaming
+from .common import ConversionResult, meta_model, parse_dtype, save_streaming
 from .configs import read_json, to_gpt2_config
 from .names import from_gptlite_layout, rows
 from .output import check_conversion_output

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..configuration_gptlite import GPTLiteConfig
+from ..downloads import hub_snapshot
 from ..folders import atomic_folder
 from ..modeling_gptlite import GPTLiteForCausalLM
 from .common import (
@@ -20,7 +21,6 @@ from .common import (
     write_gptlite,
 )
 from .configs import from_gpt2_config, read_gpt2_config
-from .download import hub_snapshot
 from .output import check_conversion_output
 from .storage import ConversionError, TensorSource, open_weights, weights_files
 

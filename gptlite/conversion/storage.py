@@ -11,7 +11,6 @@ import ctypes
 import json
 import math
 import mmap
-import os
 import pickle
 import struct
 import sys
@@ -23,6 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from gptlite._libc import libc
+from gptlite.folders import atomic_file
 
 __all__ = [
     "ConversionError",
@@ -286,9 +286,8 @@ def write_safetensors(
     header_bytes += b" " * (-len(header_bytes) % 8)  # the format pads the header to 8-byte alignment
     data_start = 8 + len(header_bytes)
 
-    partial = path.with_name(path.name + ".partial")
     written: set[str] = set()
-    try:
+    with atomic_file(path) as partial:
         with open(partial, "wb") as f:
             f.write(struct.pack("<Q", len(header_bytes)) + header_bytes)
             f.truncate(data_start + offset)
@@ -311,9 +310,6 @@ def write_safetensors(
         missing = [name for name in specs if name not in written]
         if missing:
             raise ConversionError(f"{path.name}: no tensor was produced for {', '.join(missing)}")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 # The weights files of a save_pretrained folder, in the order transformers' from_pretrained picks them

@@ -4,10 +4,10 @@ A checkpoint is the folder ``OUTPUT_DIR/checkpoints/checkpoint-{step}`` (``step`
 done) holding what ``Accelerator.save_state`` writes (model, optimizer, scheduler, every process's RNG
 states) plus ``trainer_state.json`` (where in the run it was taken, and the history so far).
 
-Atomicity: everything is first written into ``checkpoints/.tmp-checkpoint-{step}``, flushed to disk,
-and the folder is then renamed into place. A process killed while saving leaves only a ``.tmp-`` folder,
-which :func:`list_checkpoints` ignores (and :func:`remove_partial_checkpoints` deletes), so the previous
-checkpoint still resumes. A write that fails (disk full) removes the ``.tmp-`` folder and says which
+Atomicity: everything is first written into ``checkpoints/.tmp-checkpoint-{step}``, then flushed to disk
+and renamed into place (:func:`gptlite.folders.move_into_place`). A process killed while saving leaves only
+a ``.tmp-`` folder, which :func:`list_checkpoints` ignores (and :func:`remove_partial_checkpoints` deletes),
+so the previous checkpoint still resumes. A write that fails (disk full) removes the ``.tmp-`` folder and says which
 checkpoint is still intact.
 
 Each checkpoint records the run it belongs to (``run_id``): which checkpoints a run may resume from or
@@ -29,7 +29,7 @@ import torch
 
 from gptlite.configuration_gptlite import ARCHITECTURE_FIELDS
 from gptlite.errors import InputFileError, one_line
-from gptlite.folders import FolderWriteError, write_failure
+from gptlite.folders import FolderWriteError, move_into_place, usual_weight_modes, write_failure
 from gptlite.training.checkpoint_files import checkpoint_damage, file_sizes
 from gptlite.training.config import TrainConfig
 from gptlite.training.data_identity import describe_change
@@ -320,13 +320,11 @@ def save_checkpoint(
 ) -> Path:
     """Save Accelerate's state and ``state`` as ``checkpoints/checkpoint-{global_step}``, atomically.
 
-    Every process must call this (each writes its own RNG states); the main process then renames the
+    Every process must call this (each writes its own RNG states); the main process then moves the
     finished folder into place. If a write fails on any process (disk full), every process raises
     ``FolderWriteError`` saying that ``previous`` (the run's last checkpoint) is intact, and the
     temporary folder is removed.
     """
-    from gptlite.folders import fsync_tree, usual_weight_modes
-
     root = checkpoints_dir(output_dir)
     final = root / f"checkpoint-{state.global_step}"
     tmp = root / f"{_TMP_PREFIX}{final.name}"
@@ -348,20 +346,11 @@ def save_checkpoint(
             state.files = file_sizes(tmp)
             (tmp / TRAINER_STATE_NAME).write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
             usual_weight_modes(tmp)
-            fsync_tree(tmp)
+            move_into_place(tmp, final)  # a step saved again (a resumed run) replaces its old copy whole
         except Exception as err:  # noqa: BLE001
             failure = err
     if _failed_anywhere(accelerator, failure):
         _give_up(accelerator, failure, tmp, final, previous)
-    if accelerator.is_main_process:
-        if final.exists():  # e.g. a resumed run re-saving a step: set the old copy aside, then swap
-            stale = root / f"{_TMP_PREFIX}old-{final.name}"
-            shutil.rmtree(stale, ignore_errors=True)
-            os.replace(final, stale)
-            os.replace(tmp, final)
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
     accelerator.wait_for_everyone()
     return final
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from gptlite.folders import fsync_tree, process_alive
+from gptlite.folders import move_into_place, process_alive
 from gptlite.training.flags import is_int, require, setting
 from gptlite.training.sources import TextSource, resolve_files, single_document
 from gptlite.training.token_cache import (
@@ -247,8 +247,7 @@ def load_token_splits(
                     "validation": None if val is None else val.describe(), "splits": splits}
             meta |= {f"{k}_tokens": v["stop"] - v["start"] for k, v in splits.items()}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-            fsync_tree(tmp)
-            tmp.rename(entry)
+            move_into_place(tmp, entry, replace=False)
         except OSError:
             if not (entry / "meta.json").is_file():
                 raise

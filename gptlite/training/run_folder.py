@@ -10,10 +10,11 @@ data, resumed checkpoint) in ``OUTPUT_DIR/run.json`` with the resolved settings,
   that run, ``--overwrite`` to replace it, or another ``--output-dir``. With ``--overwrite`` the old
   run's checkpoints are deleted as the new run starts; its model stays loadable until the new run's
   final model replaces it. A folder holding files that are not a gptlite run is refused the same way.
-* **Locking.** ``OUTPUT_DIR/run.lock`` holds the PID and host of the process training there; a second
-  process on the same folder is refused while the first lives, and a lock whose process is gone is
-  taken over with a notice. Under ``accelerate launch`` only the main process owns the lock and
-  decides; it broadcasts the run id (and its verdict) to the other processes.
+* **Locking.** ``OUTPUT_DIR/run.lock`` is locked (``filelock``: ``flock`` on Unix) by the process training
+  there and names its PID and host; a second process on the same folder is refused while the first
+  holds it. The OS frees the lock when its process ends, however it ends (``kill -9`` included), so a
+  lock left by a dead process is simply taken, with a notice. Under ``accelerate launch`` only the main
+  process owns the lock and decides; it broadcasts the run id (and its verdict) to the other processes.
 * **Pruning** only ever removes the current run's own checkpoints.
 * **The final model** lives in ``OUTPUT_DIR`` itself, beside ``checkpoints/`` and ``logs/``, so it
   cannot be written into a temporary sibling and renamed over the folder file by file. Instead the new
@@ -44,8 +45,18 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 from gptlite.errors import InputFileError
-from gptlite.folders import FolderRefused, FolderWriteError, atomic_folder, fsync_tree, process_alive, write_failure
+from gptlite.folders import (
+    FolderRefused,
+    FolderWriteError,
+    atomic_file,
+    atomic_folder,
+    fsync_tree,
+    move_into_place,
+    write_failure,
+)
 from gptlite.training.checkpointing import (
     check_intact,
     checkpoint_run_id,
@@ -88,64 +99,56 @@ def _new_run_id() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
 
 
-def _write_json_atomically(path: Path, values: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(values, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 # -- the lock ---------------------------------------------------------------------------------
 
-# Folders this process holds the lock of: a lock naming this process but not listed here was left by an
-# earlier train() call in the same interpreter that ended without releasing it (it raised), so it is stale.
-_HELD: set[str] = set()
+# The locks this process holds, by folder: the OS frees a lock when its process ends, however it ends (kill -9).
+_HELD: dict[str, FileLock] = {}
+
+
+def _read_holder(lock: Path) -> dict | None:
+    try:
+        holder = json.loads(lock.read_text(encoding="utf-8"))
+        return {"pid": int(holder["pid"]), "host": str(holder["host"]), "since": str(holder.get("since", "?"))}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _in_use(folder: Path, lock: Path, holder: dict | None) -> FolderRefused:
+    who = "another process" if holder is None else f"process {holder['pid']} on {holder['host']}"
+    since = "" if holder is None else f"since {holder['since']}, "
+    return FolderRefused(f"--output-dir {folder} is in use by {who} ({since}lock file {lock}); wait for it to finish "
+                         "or choose another --output-dir")
 
 
 def _acquire_lock(folder: Path, notices: list[str]) -> Path:
     lock = folder / LOCK_FILE
-    mine = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-    for _ in range(3):
-        staged = folder / f".{LOCK_FILE}.tmp-{os.getpid()}"
-        staged.write_text(json.dumps(mine), encoding="utf-8")
-        try:
-            os.link(staged, lock)  # fails if the lock exists: exclusive creation with the content already in
-            _HELD.add(str(folder.resolve()))
-            return lock
-        except FileExistsError:
-            pass
-        finally:
-            staged.unlink(missing_ok=True)
-        try:
-            holder = json.loads(lock.read_text(encoding="utf-8"))
-            pid, host = int(holder["pid"]), str(holder["host"])
-        except FileNotFoundError:
-            continue  # released meanwhile: try again
-        except (OSError, ValueError, KeyError, TypeError):
-            pid, host = None, None  # unreadable: a writer killed mid-write long ago
-        ours_and_stale = pid == os.getpid() and host == socket.gethostname() and str(folder.resolve()) not in _HELD
-        if pid is not None and process_alive(pid, host) and not ours_and_stale:
-            raise FolderRefused(
-                f"--output-dir {folder} is in use by process {pid} on {host} (since {holder.get('since', '?')}, "
-                f"lock file {lock}); wait for it to finish or choose another --output-dir"
-            )
-        if not ours_and_stale:
-            notices.append(f"Took over {lock} from process {pid} on {host}, which is no longer running")
-        lock.unlink(missing_ok=True)
-    raise FolderRefused(f"--output-dir {folder}: could not take the lock {lock}; another process keeps taking it")
+    before = _read_holder(lock)  # read first: older filelock versions empty the file as they try the lock
+    held = FileLock(lock, timeout=0)
+    try:
+        held.acquire()
+    except Timeout:
+        raise _in_use(folder, lock, _read_holder(lock) or before) from None
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if before is not None and (before["pid"], before["host"]) != (me["pid"], me["host"]):
+        # A release removes the file: one that names another process was left by a process that died holding it.
+        notices.append(f"Took over {lock} from process {before['pid']} on {before['host']}, which is no longer "
+                       "running")
+    _HELD[str(folder.resolve())] = held
+    try:  # written in place, not renamed over: a new file would be another inode, which the lock does not cover
+        lock.write_text(json.dumps(me), encoding="utf-8")
+    except BaseException:
+        _release_lock(folder)
+        raise
+    return lock
 
 
 def _release_lock(folder: Path) -> None:
-    lock = folder / LOCK_FILE
-    _HELD.discard(str(folder.resolve()))
-    try:
-        holder = json.loads(lock.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    held = _HELD.pop(str(folder.resolve()), None)
+    if held is None:
         return
-    if holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
-        lock.unlink(missing_ok=True)
+    # Removed while still held: a process that opens the file after this creates a new one and locks that.
+    (folder / LOCK_FILE).unlink(missing_ok=True)
+    held.release()
 
 
 # -- owning -------------------------------------------------------------------------------------
@@ -316,7 +319,8 @@ class RunFolder:
                       "host": socket.gethostname()}
         elif record.get("settings") == settings:
             return
-        _write_json_atomically(self.path / RUN_FILE, {**record, "settings": settings})
+        with atomic_file(self.path / RUN_FILE) as tmp:
+            tmp.write_text(json.dumps({**record, "settings": settings}, indent=1), encoding="utf-8")
 
     def latest_checkpoint(self) -> Path | None:
         """This run's newest complete checkpoint."""
@@ -370,7 +374,7 @@ class RunFolder:
             raise
         names = sorted(p.name for p in staged.iterdir())
         for name in sorted(names, key=lambda n: n == "config.json"):  # the config last: it names the weights
-            os.replace(staged / name, final / name)
+            move_into_place(staged / name, final / name)
         shutil.rmtree(staged, ignore_errors=True)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -161,22 +162,27 @@ def test_resume_latest_takes_only_this_runs_checkpoints_and_pruning_leaves_other
 # -- the lock -----------------------------------------------------------------------------------
 
 
-def test_a_second_live_process_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path, corpus, capsys):
-    import socket
+# Takes OUT's lock as a training run does, says so, and holds it until killed.
+_HOLD_THE_LOCK = ("import sys, time; from pathlib import Path; from gptlite.training.run_folder import _acquire_lock; "
+                  "_acquire_lock(Path(sys.argv[1]), []); print('held', flush=True); time.sleep(120)")
 
+
+def test_a_second_live_process_is_refused_and_a_killed_ones_lock_is_taken_over(tmp_path, corpus, capsys):
     out = tmp_path / "run"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_THE_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
     try:
-        (out / LOCK_FILE).write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(), "since": "then"}))
+        assert holder.stdout.readline() == "held\n"
         code, _, err = cli(capsys, tiny_config(tmp_path, corpus, max_steps=1))
         line = one_line_error(err)
         assert code == 2 and f"in use by process {holder.pid}" in line and str(out / LOCK_FILE) in line
         assert not (out / "model.safetensors").exists()
     finally:
-        holder.kill()
+        os.kill(holder.pid, signal.SIGKILL)  # kill -9: no chance to release the lock or remove its file
         holder.wait()
-    code, _, err = cli(capsys, tiny_config(tmp_path, corpus, max_steps=1))  # now its process is gone
+        holder.stdout.close()
+    assert (out / LOCK_FILE).exists()
+    code, _, err = cli(capsys, tiny_config(tmp_path, corpus, max_steps=1))  # the OS freed its lock
     assert code == 0, err[-2000:]
     assert f"Took over {out / LOCK_FILE} from process {holder.pid}" in err
     assert (out / "model.safetensors").is_file() and not (out / LOCK_FILE).exists()
