@@ -20,7 +20,7 @@ from trainkit import (
     write_corpus,
 )
 
-from gptlite.generation import main as generate_main
+from gptlite.generation.cli import main as generate_main
 from gptlite.training.cli import eval_main, main
 from gptlite.training.config import ARCHITECTURE_FIELDS
 from gptlite.training.recipes import build_config

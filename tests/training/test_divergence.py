@@ -12,7 +12,7 @@ from trainkit import (
     write_corpus,
 )
 
-from gptlite.generation import main as generate_main
+from gptlite.generation.cli import main as generate_main
 from gptlite.training.checkpointing import list_checkpoints
 from gptlite.training.cli import eval_main, main
 
