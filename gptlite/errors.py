@@ -16,11 +16,9 @@ Every command (``gptlite-generate``, ``gptlite-eval``, ``gptlite-train``, ``gptl
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import NoReturn
 
 __all__ = [
     "EXIT_FAILURE",
@@ -32,7 +30,6 @@ __all__ = [
     "UsageError",
     "exit_code",
     "exit_status",
-    "fail",
     "one_line",
     "sigterm_unwinds",
 ]
@@ -121,11 +118,3 @@ def one_line(err: BaseException | str) -> str:
     else:
         text = str(err) or type(err).__name__
     return " ".join(text.split())
-
-
-def fail(prog: str, err: BaseException | str, status: int | None = None) -> NoReturn:
-    """Print ``PROG: error: MESSAGE`` on stderr and exit with `status` (default: :func:`exit_status`)."""
-    if status is None:
-        status = exit_status(err) if isinstance(err, BaseException) else EXIT_USAGE
-    print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
-    raise SystemExit(status)
