@@ -9,16 +9,16 @@ Every command (``gptlite-generate``, ``gptlite-eval``, ``gptlite-train``, ``gptl
   line, disk full.
 * **130 / 143**: interrupted by Ctrl-C (SIGINT) / SIGTERM. Both unwind like Ctrl-C inside
   :func:`sigterm_unwinds`, so temporary folders are removed on the way out.
+
+:func:`exit_status` is that rule in code; :func:`gptlite.cli_runner.run_command` applies it for every command.
 """
 
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import NoReturn
 
 __all__ = [
     "EXIT_FAILURE",
@@ -30,7 +30,7 @@ __all__ = [
     "UsageError",
     "exit_code",
     "exit_status",
-    "fail",
+    "one_line",
     "sigterm_unwinds",
 ]
 
@@ -91,33 +91,30 @@ def sigterm_unwinds() -> Iterator[None]:
 
 def exit_status(err: BaseException) -> int:
     """The exit status of a command that stopped on `err` (see the module docstring)."""
-    if isinstance(err, Interrupted):
-        return exit_code(err.signum)
     if isinstance(err, KeyboardInterrupt):
-        return EXIT_INTERRUPTED
+        # Interrupted, and training's TrainingStopped, carry the signal that stopped them; Ctrl-C does not.
+        signum = getattr(err, "signum", None)
+        return exit_code(signum) if isinstance(signum, int) else EXIT_INTERRUPTED
     if isinstance(err, (InputFileError, RunFailure)):
         return EXIT_FAILURE
     if isinstance(err, (FileNotFoundError, NotADirectoryError, IsADirectoryError)):
         return EXIT_USAGE  # a path on the command line that is not there, or not what it must be
     if isinstance(err, OSError):
         return EXIT_FAILURE  # disk full, permissions, network: the machine, not the command line
-    return EXIT_USAGE  # ValueError / KeyError: a setting that cannot be used
+    if isinstance(err, (ValueError, KeyError)):
+        return EXIT_USAGE  # a setting that cannot be used
+    return EXIT_FAILURE  # a bug, or a library's failure gptlite does not know: nothing to fix on the command line
 
 
 def one_line(err: BaseException | str) -> str:
     """The message of `err` on one line (library errors sometimes span several)."""
     if isinstance(err, KeyboardInterrupt):
+        signum = getattr(err, "signum", None)
+        if isinstance(signum, int) and signum != signal.SIGINT:
+            return f"interrupted by {signal.Signals(signum).name}"
         return "interrupted (Ctrl-C)"
     if isinstance(err, KeyError) and err.args:
         text = str(err.args[0])  # str(KeyError) adds quotes
     else:
         text = str(err) or type(err).__name__
     return " ".join(text.split())
-
-
-def fail(prog: str, err: BaseException | str, status: int | None = None) -> NoReturn:
-    """Print ``PROG: error: MESSAGE`` on stderr and exit with `status` (default: :func:`exit_status`)."""
-    if status is None:
-        status = exit_status(err) if isinstance(err, BaseException) else EXIT_USAGE
-    print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
-    raise SystemExit(status)

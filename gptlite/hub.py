@@ -32,6 +32,7 @@ from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 
 from .configuration_gptlite import GPTLiteConfig
 from .modeling_gptlite import GPTLitePreTrainedModel
+from .tokenization import save_tokenizer
 
 __all__ = [
     "DEFAULT_LICENSE",
@@ -309,8 +310,6 @@ def _write_tokenizer(folder: Path, config: GPTLiteConfig, tokenizer: Any) -> Non
     if tokenizer is None:
         if (folder / "tokenizer.json").is_file():
             return  # save_pretrained(push_to_hub=True) into a folder that already has its tokenizer
-        from .tokenization import save_tokenizer  # tiktoken is imported only when needed
-
         save_tokenizer(folder, model_max_length=config.context_length)
     else:
         tokenizer.save_pretrained(str(folder))

@@ -3,6 +3,7 @@ import json
 import os
 import shutil
 from contextlib import redirect_stdout
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +11,8 @@ from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, GPT2LMHeadModel, TextStreamer, pipeline
 
 from gptlite import GPTLiteConfig, GPTLiteForCausalLM
-from gptlite.generation import generate_text, main
+from gptlite.generation import generate_text
+from gptlite.generation.cli import main
 from gptlite.tokenization import get_hf_tokenizer
 from tests.conftest import TINY, randomize_, tiny_model, to_gpt2
 
@@ -212,6 +214,12 @@ def folders(tmp_path_factory, gpt2_vocab_model):
     randomize_(gpt2)
     gpt2.save_pretrained(root / "gpt2")
     return root, gpt2
+
+
+def test_console_script_is_the_command_line_module():
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    scripts = pyproject.split("[project.scripts]", 1)[1].split("\n[", 1)[0]
+    assert 'gptlite-generate = "gptlite.generation.cli:main"' in scripts.splitlines()
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gptlite.conversion.cli import _parser as convert_parser
-from gptlite.generation import build_parser as generate_parser
+from gptlite.generation.cli import build_parser as generate_parser
 from gptlite.training.cli import build_eval_parser
 from gptlite.training.cli import build_parser as train_parser
 from gptlite.training.recipes import build_config

@@ -6,9 +6,10 @@
     gptlite-convert to-hf out/gpt2-lite out/gpt2-plain
 
 Each subcommand calls the function of the same name in `gptlite.conversion` with the same arguments.
-Exit status: 0 written; 1 the conversion failed (bad checkpoint, CRC error, failed --verify, disk full),
-and OUT was left as it was; 2 usage error (bad flags, OUT refused); 130 / 143 interrupted (Ctrl-C / SIGTERM),
-OUT as it was.
+Exit status (:mod:`gptlite.cli_runner`, as every gptlite command): 0 written; 2 usage error (bad flags, OUT
+refused, a SRC that is not there, a model kind gptlite does not take); 1 the conversion failed (a damaged
+checkpoint, CRC error, failed --verify, offline download, disk full), and OUT was left as it was; 130 / 143
+interrupted (Ctrl-C / SIGTERM), OUT as it was.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ import sys
 import time
 from pathlib import Path
 
-from ..console import quiet_transformers_bars
-from ..errors import Interrupted, exit_status, one_line, sigterm_unwinds
+from ..cli_runner import Reworded, describe, run_command
+from ..errors import InputFileError, Interrupted, UsageError, one_line
 from ..folders import FolderRefused, FolderWriteError
+from . import book, export, hf, openai
 from .common import DTYPE_CHOICES, ConversionResult
-from .download import DownloadError
+from .storage import ConversionError, FlagError
 
 __all__ = ["main"]
 
@@ -65,9 +67,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> ConversionResult:
-    # Imported here so that `--help` stays fast (the converters import torch and transformers).
-    from . import book, export, hf, openai
-
     common = {"dtype": args.dtype, "verify": args.verify, "overwrite": args.overwrite}
     if args.command == "from-hf":
         return hf.from_hf(args.src, args.out, cache_dir=args.cache_dir, **common)
@@ -90,50 +89,47 @@ def _folder_identity(path: Path) -> tuple[int, int] | None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `gptlite-convert`; returns the exit status (0 ok, 1 failed, 2 usage, 130/143 interrupted)."""
     args = _parser().parse_args(argv)  # exits 2 on a bad flag
-    quiet_transformers_bars()
-    from .storage import ConversionError, FlagError
+    return run_command(f"gptlite-convert {args.command}", lambda: _convert(args))
 
-    command = f"gptlite-convert {args.command}"
+
+def _convert(args: argparse.Namespace) -> None:
     out = Path(args.out)
     # Every failure happens before the new folder is swapped in, so whatever was at OUT is still there.
     unchanged = f"{out} was left as it was" if out.exists() else f"{out} was not created"
     before = _folder_identity(out)
     start = time.perf_counter()
     try:
-        with sigterm_unwinds():  # a killed conversion removes its hidden temporary folder, as Ctrl-C does
-            result = _run(args)
+        result = _run(args)
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM raised as Interrupted
         by = f" by {signal.Signals(err.signum).name}" if isinstance(err, Interrupted) else ""
         # A signal can land after the swap, while the command finishes: then OUT is the new folder, whole.
         state = unchanged if _folder_identity(out) == before else f"{out} had already been written whole"
-        print(f"{command}: interrupted{by}; {state}", file=sys.stderr)
-        return exit_status(err)  # 130 / 143
-    except (FolderRefused, FlagError) as err:
-        print(f"{command}: error: {one_line(err)}", file=sys.stderr)
-        return 2
-    except FolderWriteError as err:  # says itself what is intact
-        print(f"{command}: error: {one_line(err)}", file=sys.stderr)
-        return 1
-    except (ConversionError, DownloadError, OSError) as err:
+        raise Reworded(err, f"interrupted{by}; {state}") from None
+    except (FolderRefused, FolderWriteError, FlagError):
+        raise  # their messages say what is wrong, and what is intact
+    except ConversionError as err:
+        if isinstance(err, UsageError):  # a model kind gptlite does not take
+            raise Reworded(err, f"{describe(err)} ({unchanged})") from None
+        # A checkpoint that is there but cannot be read or used as it is: a broken input, as in gptlite-generate.
+        raise InputFileError(f"{one_line(err)} ({unchanged})") from None
+    except Exception as err:  # downloads, the disk, a missing SRC; a bug still gets one line
         # The Hub's messages span lines ("Got: ConnectError ...\nAn error happened ..."): one line here.
-        print(f"{command}: error: {one_line(err)} ({unchanged})", file=sys.stderr)
-        return 1
-    except Exception as err:  # a bug, or a library's error gptlite does not know yet: still one line
-        print(f"{command}: error: unexpected {type(err).__name__}: {one_line(err)} ({unchanged}); please report this",
-              file=sys.stderr)
-        return 1
+        raise Reworded(err, f"{describe(err)} ({unchanged})") from None
+    _report(result, time.perf_counter() - start)
+
+
+def _report(result: ConversionResult, seconds: float) -> None:
     config = result.config
     print(
         f"wrote {result.out_dir} ({config.model_type}, {config.num_hidden_layers} layers, "
         f"{config.hidden_size} wide, vocab {config.vocab_size}, {str(result.dtype).removeprefix('torch.')}) "
-        f"in {time.perf_counter() - start:.1f} s"
+        f"in {seconds:.1f} s"
     )
     if result.max_logit_diff is not None:
         print(
             f"verify: largest logit difference between source and result: {result.max_logit_diff:.3g} "
             f"(within the {str(result.dtype).removeprefix('torch.')} tolerance {result.tolerance:.3g})"
         )
-    return 0
 
 
 if __name__ == "__main__":

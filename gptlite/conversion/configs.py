@@ -9,12 +9,18 @@ from pathlib import Path
 from transformers import GPT2Config
 
 from ..configuration_gptlite import GPTLiteConfig
+from ..errors import UsageError
 from .storage import ConversionError
 
-__all__ = ["from_gpt2_config", "from_openai_hparams", "read_gpt2_config", "to_gpt2_config"]
+__all__ = ["ModelRefused", "from_gpt2_config", "from_openai_hparams", "read_gpt2_config", "to_gpt2_config"]
 
 # All compute GPT-2's tanh approximation of GELU, which is what gptlite's feed-forward uses.
 _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+
+
+class ModelRefused(ConversionError, UsageError):
+    """A model of a kind gptlite does not take (another model_type, a GPT-2 option gptlite lacks): a usage error,
+    exit status 2, as gptlite-generate and gptlite-eval give the same model."""
 
 
 def read_json(path: Path, why_needed: str) -> dict:
@@ -35,7 +41,7 @@ def read_gpt2_config(path: Path) -> GPT2Config:
     raw = read_json(path, "a GPT-2 checkpoint needs its config.json")
     model_type = raw.get("model_type")
     if model_type != "gpt2":
-        raise ConversionError(f"{path}: model_type is {model_type!r}; only 'gpt2' checkpoints convert")
+        raise ModelRefused(f"{path}: model_type is {model_type!r}; only 'gpt2' checkpoints convert")
     # GPT2Config fills what older files leave out with GPT-2's defaults (e.g. tie_word_embeddings=True).
     return GPT2Config.from_dict(raw)
 
@@ -44,7 +50,7 @@ def from_gpt2_config(config: GPT2Config, where: str = "config.json") -> GPTLiteC
     """The gptlite config computing the same function as a `GPT2LMHeadModel` with `config`.
 
     Raises:
-        ConversionError: naming the field, for GPT-2 options gptlite cannot express.
+        ModelRefused: naming the field, for GPT-2 options gptlite cannot express.
     """
     refusals = {
         "activation_function": (
@@ -75,7 +81,7 @@ def from_gpt2_config(config: GPT2Config, where: str = "config.json") -> GPTLiteC
     }
     for field, (refused, reason) in refusals.items():
         if refused:
-            raise ConversionError(f"{where}: {field} {reason}")
+            raise ModelRefused(f"{where}: {field} {reason}")
 
     dropouts = {config.resid_pdrop, config.embd_pdrop, config.attn_pdrop}
     if len(dropouts) > 1:

@@ -14,7 +14,7 @@ from ..folders import atomic_folder
 from ..loading import book_named, check_gptlite_source
 from ..modeling_gptlite import GPTLiteForCausalLM
 from .common import ConversionResult, meta_model, parse_dtype, save_streaming
-from .configs import read_json, to_gpt2_config
+from .configs import ModelRefused, read_json, to_gpt2_config
 from .names import from_gptlite_layout, rows
 from .output import check_conversion_output
 from .storage import ConversionError, StateDictSource, TensorSource, open_weights
@@ -50,7 +50,7 @@ def _open_gptlite(src: str | Path | GPTLiteForCausalLM) -> tuple[GPTLiteConfig, 
     config_path = folder / "config.json"
     raw = read_json(config_path, "expected a gptlite folder (save_pretrained)")
     if raw.get("model_type") != "gptlite":
-        raise ConversionError(f"{config_path}: model_type is {raw.get('model_type')!r}, not 'gptlite'")
+        raise ModelRefused(f"{config_path}: model_type is {raw.get('model_type')!r}, not 'gptlite'")
     try:
         config = GPTLiteConfig.from_pretrained(folder)
     except (TypeError, ValueError) as err:  # a field of the wrong type or value

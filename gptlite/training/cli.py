@@ -24,15 +24,20 @@ import signal
 import sys
 from pathlib import Path
 
-from gptlite.console import quiet_transformers_bars
-from gptlite.downloads import DownloadError
-from gptlite.errors import fail, sigterm_unwinds
+from accelerate import PartialState
+
+from gptlite.cli_runner import Reworded, run_command
 from gptlite.loading import model_folder, read_model_config
-from gptlite.training.config import MIXED_PRECISIONS, SECTIONS, DataConfig
+from gptlite.training.checkpointing import latest_checkpoint
+from gptlite.training.config import MIXED_PRECISIONS, SECTIONS, DataConfig, TrainConfig
 from gptlite.training.evaluation import evaluate_model
 from gptlite.training.flags import add_flags
+from gptlite.training.loop import train
+from gptlite.training.outputs import push_run
 from gptlite.training.recipes import RECIPES, build_config
 from gptlite.training.resume import finished_message, resolve_settings
+from gptlite.training.run_folder import read_run_record
+from gptlite.training.stopping import TrainingStopped
 
 __all__ = ["build_eval_parser", "build_parser", "eval_main", "main"]
 
@@ -58,18 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _exit_on_user_error(parser: argparse.ArgumentParser, err: BaseException) -> None:
-    # One line; exit 2 for settings, paths and refusals, 1 for a broken file or a failing machine (gptlite.errors).
-    fail(parser.prog, err)
-
-
 def main(argv: list[str] | None = None) -> None:
     """``gptlite-train [FLAGS]``: resolve the settings, then :func:`~gptlite.training.loop.train`."""
-    quiet_transformers_bars()
-    # SIGTERM outside the loop (while tokenizing, saving): unwind like Ctrl-C, so temporary folders and the
-    # lock go away, then one line. Inside the loop train() handles both signals itself.
-    with sigterm_unwinds():
-        _train_main(sys.argv[1:] if argv is None else list(argv))
+    # The runner gives every failure one line and its status (gptlite.errors). SIGTERM outside the loop (while
+    # tokenizing, saving) unwinds like Ctrl-C, so temporary folders and the lock go away; inside the loop
+    # train() handles both signals itself.
+    if status := run_command("gptlite-train", lambda: _train_main(sys.argv[1:] if argv is None else list(argv))):
+        raise SystemExit(status)
 
 
 def _train_main(argv: list[str]) -> None:
@@ -77,11 +77,8 @@ def _train_main(argv: list[str]) -> None:
     args = vars(parser.parse_args(argv))
     recipe, config_file = args.pop("recipe", None), args.pop("config", None)
     print_config = args.pop("print_config", False)
-    try:
-        config, resumed = resolve_settings(recipe, config_file, args)
-        finished = finished_message(config, resumed) if resumed is not None else None
-    except (ValueError, FileNotFoundError) as err:
-        _exit_on_user_error(parser, err)
+    config, resumed = resolve_settings(recipe, config_file, args)
+    finished = finished_message(config, resumed) if resumed is not None else None
     if print_config:
         print(json.dumps(config.to_dict(), indent=1))
         return
@@ -89,52 +86,32 @@ def _train_main(argv: list[str]) -> None:
         if _is_main_process():
             _finished(parser, config, finished)
         return
-    from gptlite.folders import FolderWriteError, is_disk_full
-    from gptlite.training.loop import train
-    from gptlite.training.stopping import Interrupted, TrainingStopped, exit_code
-
+    # Bad settings or data found while starting (tiny corpus, refused folder, checkpoint of another
+    # architecture), a full disk, a divergence: the runner's one line and status. A signal says what is left.
     try:
         train(config)
     except TrainingStopped as stop:
-        if _is_main_process():
-            print(f"{parser.prog}: stopped by {signal.Signals(stop.signum).name} after optimizer step "
-                  f"{stop.global_step} of {stop.total_steps} and saved {stop.checkpoint}; continue with: "
-                  f"{_resume_command(parser.prog, config.run.output_dir)}", file=sys.stderr, flush=True)
-        sys.exit(exit_code(stop.signum))
+        line = (f"stopped by {signal.Signals(stop.signum).name} after optimizer step {stop.global_step} of "
+                f"{stop.total_steps} and saved {stop.checkpoint}; continue with: "
+                f"{_resume_command(parser.prog, config.run.output_dir)}")
+        raise Reworded(stop, line if _is_main_process() else None) from None
     except KeyboardInterrupt as err:  # Ctrl-C (or a second signal) outside a step: nothing more is saved
-        signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
+        signum = getattr(err, "signum", signal.SIGINT)
+        line = None
         if _is_main_process():
-            left = _what_is_left(config, parser.prog)
-            print(f"{parser.prog}: interrupted by {signal.Signals(signum).name}; {left}", file=sys.stderr, flush=True)
-        sys.exit(exit_code(signum))
-    except DownloadError as err:  # offline and not cached (--data the-verdict): exit 1 with the line saying why
-        parser.exit(1, f"{parser.prog}: error: {err}\n")
-    except (FolderWriteError, OSError) as err:
-        if isinstance(err, FolderWriteError) or is_disk_full(err):  # a run-time failure, not the user's input
-            parser.exit(1, f"{parser.prog}: error: {err}\n")
-        _exit_on_user_error(parser, err)  # a missing file or --init-from model
-    except (ValueError, KeyError) as err:
-        # Bad settings or data found while starting (tiny corpus, refused folder, checkpoint of another
-        # architecture, ...): a message, not a traceback.
-        _exit_on_user_error(parser, err)
+            line = f"interrupted by {signal.Signals(signum).name}; {_what_is_left(config, parser.prog)}"
+        raise Reworded(err, line) from None
 
 
-def _finished(parser: argparse.ArgumentParser, config, finished: str) -> None:
+def _finished(parser: argparse.ArgumentParser, config: TrainConfig, finished: str) -> None:
     """A finished run: say so, or (with --push-to-hub) push what it saved, which is how a failed push is retried."""
     if config.run.push_to_hub is None:
         print(f"{parser.prog}: {finished}")
         return
-    from gptlite.training.outputs import push_run
-
-    try:
-        push_run(config.run.output_dir, config)
-    except OSError as err:
-        _exit_on_user_error(parser, err)
+    push_run(config.run.output_dir, config)  # a failed push: the runner's one line
 
 
 def _is_main_process() -> bool:
-    from accelerate import PartialState
-
     return PartialState().is_main_process
 
 
@@ -146,10 +123,7 @@ def _resume_command(prog: str, output_dir: str) -> str:
     return f"{prog} {flags}"
 
 
-def _what_is_left(config, prog: str) -> str:
-    from gptlite.training.checkpointing import latest_checkpoint
-    from gptlite.training.run_folder import read_run_record
-
+def _what_is_left(config: TrainConfig, prog: str) -> str:
     out = Path(config.run.output_dir)
     record = read_run_record(out) if out.is_dir() else None
     latest = latest_checkpoint(out, record["run_id"]) if record else None
@@ -187,28 +161,24 @@ def build_eval_parser() -> argparse.ArgumentParser:
 
 def eval_main(argv: list[str] | None = None) -> None:
     """``gptlite-eval MODEL --data ...``: print the loss and perplexity."""
-    quiet_transformers_bars()
     parser = build_eval_parser()
     args = vars(parser.parse_args(argv))
     as_json = args.pop("json")
     how = {key: args.pop(key) for key in ("split", "batch_size", "max_batches", "mixed_precision")}
     model = args.pop("model")
 
-    try:
-        if "context_length" not in args:
+    def evaluate() -> None:
+        if "context_length" not in args:  # the model's own
             args["context_length"] = read_model_config(model_folder(model))[1].context_length
         result = evaluate_model(model, DataConfig(**args), **how)
-    except DownloadError as err:
-        parser.exit(1, f"{parser.prog}: error: {err}\n")
-    except (ValueError, KeyError, OSError, KeyboardInterrupt) as err:
-        _exit_on_user_error(parser, err)
-    from accelerate import PartialState
+        if not PartialState().is_main_process:
+            return
+        if as_json:
+            print(json.dumps(result))
+        else:
+            print(f"loss {result['loss']:.4f}  perplexity {result['perplexity']:.2f}  "
+                  f"({result['tokens']:,} tokens in {result['batches']} batches)")
+        sys.stdout.flush()
 
-    if not PartialState().is_main_process:
-        return
-    if as_json:
-        print(json.dumps(result))
-    else:
-        print(f"loss {result['loss']:.4f}  perplexity {result['perplexity']:.2f}  "
-              f"({result['tokens']:,} tokens in {result['batches']} batches)")
-    sys.stdout.flush()
+    if status := run_command(parser.prog, evaluate):
+        raise SystemExit(status)

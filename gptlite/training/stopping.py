@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from gptlite.errors import Interrupted, exit_code
+from gptlite.errors import Interrupted
 
-__all__ = ["Interrupted", "StopSignals", "TrainingStopped", "exit_code"]
+__all__ = ["StopSignals", "TrainingStopped"]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 

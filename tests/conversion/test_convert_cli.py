@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from gptlite import GPTLiteConfig, GPTLiteForCausalLM
 from gptlite.conversion.cli import main
+from gptlite.generation.cli import main as generate_main
 from tests.conversion.conftest import OPENAI_TINY, tiny_gpt2
 
 
@@ -52,14 +53,42 @@ def test_from_book(tmp_path, capsys):
     assert "vocab 50" in capsys.readouterr().out
 
 
-def test_errors_go_to_stderr_with_exit_status_1(tmp_path, capsys):
+def test_refusals_go_to_stderr_with_exit_status_2(tmp_path, capsys):
+    # A model kind gptlite does not take, and a source that is not there: usage errors, as in gptlite-generate.
     tiny_gpt2(activation_function="relu").save_pretrained(tmp_path / "hf")
-    assert main(["from-hf", str(tmp_path / "hf"), str(tmp_path / "lite")]) == 1
+    assert main(["from-hf", str(tmp_path / "hf"), str(tmp_path / "lite")]) == 2
     err = capsys.readouterr().err
     assert "gptlite-convert from-hf: error:" in err and "config.json: activation_function is 'relu'" in err
 
-    assert main(["from-openai", str(tmp_path / "missing"), str(tmp_path / "lite")]) == 1
+    assert main(["from-openai", str(tmp_path / "missing"), str(tmp_path / "lite")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def _generate(argv: list[str], capsys) -> tuple[int, str]:
+    try:
+        generate_main(argv)
+        status = 0
+    except SystemExit as exit_:
+        status = exit_.code
+    return status, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("refusal", ["no such folder", "another model_type", "a GPT-2 option gptlite lacks"])
+def test_a_refusal_gets_the_status_gptlite_generate_gives_it(refusal, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    source = tmp_path / "source"
+    if refusal == "another model_type":
+        tiny_gpt2().save_pretrained(source)
+        config = json.loads((source / "config.json").read_text())
+        (source / "config.json").write_text(json.dumps(config | {"model_type": "llama"}))
+    elif refusal == "a GPT-2 option gptlite lacks":
+        tiny_gpt2(activation_function="relu").save_pretrained(source)
+    capsys.readouterr()
+    generated, generate_err = _generate([str(source), "--prompt", "Hi"], capsys)
+    converted = main(["from-hf", str(source), str(tmp_path / "out")])
+    convert_err = capsys.readouterr().err
+    assert generated == converted == 2, (generate_err, convert_err)
+    assert "gptlite-convert from-hf: error:" in convert_err and "Traceback" not in convert_err
 
 
 def test_usage_errors_exit_2(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gptlite.configuration_gptlite import PRESET_FIELDS
-from gptlite.generation import main as generate_main
+from gptlite.generation.cli import main as generate_main
 from gptlite.training.cli import eval_main, main
 from gptlite.training.recipes import build_config
 from tests.training.conftest import (

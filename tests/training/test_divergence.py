@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gptlite.generation import main as generate_main
+from gptlite.generation.cli import main as generate_main
 from gptlite.training.checkpointing import list_checkpoints
 from gptlite.training.cli import eval_main, main
 from tests.training.conftest import (
