@@ -33,16 +33,7 @@ for _auto, _model in _AUTO_CLASSES.items():
     _model.register_for_auto_class(_auto.__name__)
 
 from .hub import model_card, push_to_hub, read_training_metrics, write_model_card  # noqa: E402
-
-
-def __getattr__(name: str):
-    # The tokenizer helpers import tiktoken/tokenizers; load them only when asked for.
-    if name in ("get_tokenizer", "get_hf_tokenizer", "save_tokenizer"):
-        from . import tokenization
-
-        return getattr(tokenization, name)
-    raise AttributeError(f"module 'gptlite' has no attribute {name!r}")
-
+from .tokenization import get_hf_tokenizer, get_tokenizer, save_tokenizer  # noqa: E402
 
 __all__ = [
     "GPTLiteConfig",

@@ -24,24 +24,25 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from .configuration_gptlite import GPTLiteConfig
+from .conversion import (
+    ConversionError,
+    book_named,
+    check_gptlite_source,
+    from_gpt2_config,
+    gpt2_state_dict_in_memory,
+    open_weights,
+    read_gpt2_config,
+)
 from .downloads import DownloadError, hub_snapshot, is_offline
 from .errors import InputFileError, UsageError, one_line
 from .modeling_gptlite import GPTLiteForCausalLM
 
-if TYPE_CHECKING:
-    from .conversion.storage import TensorSource
-
-__all__ = [
-    "book_named", "check_gptlite_source", "first_non_finite", "load_model", "model_folder", "read_model_config"
-]
-
-# gptlite.conversion imports this module (the checks of a gptlite model's tensors below), so the readers of
-# tensor files and the in-memory GPT-2 conversion it uses are imported when called, never while importing.
+__all__ = ["first_non_finite", "load_model", "model_folder", "read_model_config"]
 
 
 def _notice(message: str) -> None:
@@ -104,8 +105,6 @@ def _gptlite_config(folder: Path, overrides: Mapping[str, Any]) -> GPTLiteConfig
 
 
 def _gpt2_config(folder: Path) -> GPTLiteConfig:
-    from .conversion.configs import from_gpt2_config, read_gpt2_config
-
     where = str(folder / "config.json")
     try:
         return from_gpt2_config(read_gpt2_config(folder / "config.json"), where=where)
@@ -132,60 +131,7 @@ def read_model_config(folder: str | os.PathLike[str]) -> tuple[str, GPTLiteConfi
     )
 
 
-def book_named(source: TensorSource) -> TensorSource:
-    """A gptlite folder's or model's tensors under the book's names, whether its trunk is under `model.` or not."""
-    from .conversion.names import book_name
-    from .conversion.storage import RenamedSource
-
-    return RenamedSource(source, book_name)
-
-
-def check_gptlite_source(
-    config: GPTLiteConfig,
-    source: TensorSource,
-    described_by: str,
-    hint: Callable[[str], str] = lambda name: "",
-    extra_reason: str = "",
-) -> list[str]:
-    """Every tensor of the gptlite model `config` describes, with its shape, and nothing else.
-
-    Names are the book's (the table's): a gptlite folder's source is read through `book_named`.
-
-    Returns the names to read. The book's `att.mask` buffers are ignored (gptlite builds masks on the
-    fly), and so is a saved copy of a tied head. `hint(name)` may add advice to an error about `name`;
-    `extra_reason` ends the error about an unexpected tensor.
-    """
-    from .conversion.names import book_name
-    from .conversion.storage import ConversionError
-
-    with torch.device("meta"):  # names and shapes, no memory
-        model = GPTLiteForCausalLM(config)
-    expected = {book_name(name): tuple(t.shape) for name, t in model.state_dict().items()}
-    found = {name for name in source.names() if not name.endswith(".att.mask")}
-    in_file = getattr(source, "file_name", lambda name: name)  # messages name the tensor as the file does
-    if config.tie_word_embeddings:
-        expected.pop("out_head.weight")
-        found.discard("out_head.weight")
-    for name, shape in expected.items():
-        if name not in found:
-            raise ConversionError(f"{source.path}: tensor {name} is missing{hint(name)}")
-        if source.shape(name) != shape:
-            raise ConversionError(
-                f"{source.file_of(name)}: tensor {in_file(name)} has shape {list(source.shape(name))}, "
-                f"but {described_by} needs {list(shape)}"
-            )
-    extra = sorted(found - set(expected))
-    if extra:
-        raise ConversionError(
-            f"{source.file_of(extra[0])}: tensor {in_file(extra[0])} is not part of the model {described_by} describes"
-            f"{hint(extra[0])} ({len(extra)} unexpected tensors){extra_reason}"
-        )
-    return list(expected)
-
-
 def _check_gptlite_weights(folder: Path, config: GPTLiteConfig, notice: Callable[[str], None] | None) -> None:
-    from .conversion.storage import ConversionError, open_weights
-
     try:  # the check speaks the book's names, whether the folder's trunk is under `model.` or not
         source = book_named(open_weights(folder, notice))  # the file from_pretrained reads below
         check_gptlite_source(config, source, described_by=str(folder / "config.json"))
@@ -216,9 +162,6 @@ def _owning(tensor: torch.Tensor) -> torch.Tensor:
 
 def _load_gpt2(folder: Path, dtype: torch.dtype, overrides: Mapping[str, Any], attn: str | None,
                notice: Callable[[str], None] | None):
-    from .conversion.hf import gpt2_state_dict_in_memory
-    from .conversion.storage import ConversionError
-
     try:  # read_model_config has already refused GPT-2 options gptlite cannot express (exit 2)
         config, state_dict = gpt2_state_dict_in_memory(folder, notice=notice)
     except (ConversionError, FileNotFoundError) as err:  # unreadable file, missing or wrongly shaped tensor

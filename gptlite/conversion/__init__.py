@@ -9,12 +9,13 @@ so peak memory stays near one tensor plus the interpreter, not a second copy of 
 """
 
 from .book import from_book
-from .common import ConversionResult
+from .common import ConversionResult, book_named, check_gptlite_source
+from .configs import from_gpt2_config, read_gpt2_config
 from .download import DownloadError
 from .export import to_hf
-from .hf import from_hf
+from .hf import from_hf, gpt2_state_dict_in_memory
 from .openai import from_openai
-from .storage import ConversionError
+from .storage import ConversionError, open_weights
 from .tf_bundle import TensorBundle, TensorBundleError
 
 __all__ = [
@@ -23,8 +24,14 @@ __all__ = [
     "DownloadError",
     "TensorBundle",
     "TensorBundleError",
+    "book_named",
+    "check_gptlite_source",
     "from_book",
+    "from_gpt2_config",
     "from_hf",
     "from_openai",
+    "gpt2_state_dict_in_memory",
+    "open_weights",
+    "read_gpt2_config",
     "to_hf",
 ]

@@ -13,10 +13,13 @@ from typing import Any
 
 import torch
 
+from gptlite.conversion.configs import to_gpt2_config
+from gptlite.conversion.export import gpt2_tensors
+from gptlite.conversion.verify import gpt2_from_tensors, verify_gptlite
+
 from ..configuration_gptlite import GPTLiteConfig
 from ..folders import atomic_folder
-from ..loading import book_named, check_gptlite_source
-from .common import ConversionResult, parse_dtype, write_gptlite
+from .common import ConversionResult, book_named, check_gptlite_source, parse_dtype, write_gptlite
 from .output import check_conversion_output
 from .storage import ConversionError, FlagError, TensorSource, load_torch_file
 
@@ -126,9 +129,6 @@ def from_book(
     with atomic_folder(out) as tmp:
         write_gptlite(tmp, gptlite_config, out_dtype, ((name, source.get(name)) for name in names))
         if verify:
-            from .configs import to_gpt2_config
-            from .export import gpt2_tensors
-            from .verify import gpt2_from_tensors, verify_gptlite
 
             pairs = gpt2_tensors(gptlite_config, source.get)
             reference = gpt2_from_tensors(to_gpt2_config(gptlite_config), pairs)

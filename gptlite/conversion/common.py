@@ -9,13 +9,17 @@ from pathlib import Path
 import torch
 from transformers import PretrainedConfig, PreTrainedModel
 
+from gptlite.tokenization import save_tokenizer
+
 from ..configuration_gptlite import GPTLiteConfig
 from ..modeling_gptlite import GPTLiteForCausalLM
 from .names import book_name, file_name, from_gptlite_layout, rows, state_dict_name, to_gptlite_layout
-from .storage import ConversionError, FlagError, write_safetensors
+from .storage import ConversionError, FlagError, RenamedSource, TensorSource, write_safetensors
 
 __all__ = [
     "ConversionResult",
+    "book_named",
+    "check_gptlite_source",
     "check_gpt2_source",
     "gpt2_tensors_to_gptlite",
     "expected_gpt2_shapes",
@@ -122,7 +126,6 @@ def write_gptlite(
     tensors: Iterator[tuple[str, torch.Tensor]],
 ) -> Path:
     """Write a complete gptlite folder: weights, config, remote code and the GPT-2 tokenizer files."""
-    from ..tokenization import save_tokenizer
 
     out_dir = Path(out_dir)
     named = ((file_name(state_dict_name(name)), tensor) for name, tensor in tensors)  # the trunk under `model.`
@@ -152,3 +155,48 @@ def check_gpt2_source(
             raise ConversionError(
                 f"{file_of(name)}: tensor {label(name)} has shape {list(actual)}, but {hint} needs {list(shape)}"
             )
+
+
+def book_named(source: TensorSource) -> TensorSource:
+    """A gptlite folder's or model's tensors under the book's names, whether its trunk is under `model.` or not."""
+    return RenamedSource(source, book_name)
+
+
+def check_gptlite_source(
+    config: GPTLiteConfig,
+    source: TensorSource,
+    described_by: str,
+    hint: Callable[[str], str] = lambda name: "",
+    extra_reason: str = "",
+) -> list[str]:
+    """Every tensor of the gptlite model `config` describes, with its shape, and nothing else.
+
+    Names are the book's (the table's): a gptlite folder's source is read through `book_named`.
+
+    Returns the names to read. The book's `att.mask` buffers are ignored (gptlite builds masks on the
+    fly), and so is a saved copy of a tied head. `hint(name)` may add advice to an error about `name`;
+    `extra_reason` ends the error about an unexpected tensor.
+    """
+    with torch.device("meta"):  # names and shapes, no memory
+        model = GPTLiteForCausalLM(config)
+    expected = {book_name(name): tuple(t.shape) for name, t in model.state_dict().items()}
+    found = {name for name in source.names() if not name.endswith(".att.mask")}
+    in_file = getattr(source, "file_name", lambda name: name)  # messages name the tensor as the file does
+    if config.tie_word_embeddings:
+        expected.pop("out_head.weight")
+        found.discard("out_head.weight")
+    for name, shape in expected.items():
+        if name not in found:
+            raise ConversionError(f"{source.path}: tensor {name} is missing{hint(name)}")
+        if source.shape(name) != shape:
+            raise ConversionError(
+                f"{source.file_of(name)}: tensor {in_file(name)} has shape {list(source.shape(name))}, "
+                f"but {described_by} needs {list(shape)}"
+            )
+    extra = sorted(found - set(expected))
+    if extra:
+        raise ConversionError(
+            f"{source.file_of(extra[0])}: tensor {in_file(extra[0])} is not part of the model {described_by} describes"
+            f"{hint(extra[0])} ({len(extra)} unexpected tensors){extra_reason}"
+        )
+    return list(expected)

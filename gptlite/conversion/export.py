@@ -9,11 +9,12 @@ from pathlib import Path
 import torch
 from transformers import GPT2LMHeadModel
 
+from gptlite.tokenization import N_VOCAB, save_tokenizer
+
 from ..configuration_gptlite import GPTLiteConfig
 from ..folders import atomic_folder
-from ..loading import book_named, check_gptlite_source
 from ..modeling_gptlite import GPTLiteForCausalLM
-from .common import ConversionResult, meta_model, parse_dtype, save_streaming
+from .common import ConversionResult, book_named, check_gptlite_source, meta_model, parse_dtype, save_streaming
 from .configs import ModelRefused, read_json, to_gpt2_config
 from .names import from_gptlite_layout, rows
 from .output import check_conversion_output
@@ -85,7 +86,6 @@ def to_hf(
             verification (`VerificationFailed`).
         FolderWriteError: the disk filled up (or a write failed); a previous `out` is left as it was.
     """
-    from ..tokenization import N_VOCAB, save_tokenizer
 
     source_folder = None if isinstance(src, GPTLiteForCausalLM) else src
     out = check_conversion_output(out, "gpt2", inputs=[source_folder], overwrite=overwrite)
@@ -102,7 +102,6 @@ def to_hf(
         save_streaming(model, tmp, gpt2_tensors(config, source.get, vocab_size))
         save_tokenizer(tmp, model_max_length=config.context_length)
         if verify:
-            from .verify import verify
 
             if isinstance(src, GPTLiteForCausalLM):
                 # Compare in float32 on both sides, on a copy: the caller's model keeps its dtype.

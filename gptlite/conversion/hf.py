@@ -6,6 +6,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from transformers import GPT2LMHeadModel
+
+from gptlite.conversion.verify import verify_gptlite, weights_file_read
 
 from ..configuration_gptlite import GPTLiteConfig
 from ..downloads import hub_snapshot
@@ -129,9 +132,7 @@ def from_hf(
     with atomic_folder(out) as tmp:
         write_gptlite(tmp, config, out_dtype, gpt2_tensors_to_gptlite(config, checkpoint.get))
         if verify:
-            from transformers import GPT2LMHeadModel
 
-            from .verify import verify_gptlite, weights_file_read
 
             with weights_file_read() as read_by_transformers:
                 reference = GPT2LMHeadModel.from_pretrained(folder, dtype=torch.float32)

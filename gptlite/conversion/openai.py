@@ -6,6 +6,9 @@ from pathlib import Path
 
 import torch
 
+from gptlite.conversion.configs import to_gpt2_config
+from gptlite.conversion.verify import gpt2_from_tensors, verify_gptlite
+
 from ..folders import atomic_folder
 from ..modeling_gptlite import GPTLiteForCausalLM
 from .common import (
@@ -112,8 +115,6 @@ def from_openai(
     with atomic_folder(out) as tmp:
         write_gptlite(tmp, config, out_dtype, gpt2_tensors_to_gptlite(config, checkpoint.get))
         if verify:
-            from .configs import to_gpt2_config
-            from .verify import gpt2_from_tensors, verify_gptlite
 
             pairs = ((name, checkpoint.get(name)) for name in expected)
             reference = gpt2_from_tensors(to_gpt2_config(config), pairs)

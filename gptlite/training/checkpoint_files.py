@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate.utils import load
 
 from gptlite.errors import InputFileError
 
@@ -107,7 +108,6 @@ def check_rng_restored(checkpoint: Path, process_index: int, num_processes: int)
     A process beyond the ``num_processes`` that wrote the checkpoint has no file of its own (a resume on more
     processes, which keeps processes x --grad-accum): it keeps its seeded generators, as accelerate does.
     """
-    from accelerate.utils import load
 
     path = checkpoint / RNG_FILE.format(process_index)
     if process_index >= num_processes:

@@ -30,7 +30,7 @@ import torch
 from gptlite.configuration_gptlite import ARCHITECTURE_FIELDS
 from gptlite.errors import InputFileError, one_line
 from gptlite.folders import FolderWriteError, move_into_place, usual_weight_modes, write_failure
-from gptlite.training.checkpoint_files import checkpoint_damage, file_sizes
+from gptlite.training.checkpoint_files import check_rng_restored, checkpoint_damage, file_sizes
 from gptlite.training.config import TrainConfig
 from gptlite.training.data_identity import describe_change
 from gptlite.training.flags import flag
@@ -274,7 +274,6 @@ def load_checkpoint(accelerator, checkpoint: Path, num_processes: int) -> None:
     """``accelerator.load_state(checkpoint)`` (every process; ``num_processes`` wrote it), its files checked
     beforehand (:func:`check_intact`): what still fails is one line naming the checkpoint, and random states
     that were not restored are an error, not accelerate's info-level log line."""
-    from gptlite.training.checkpoint_files import check_rng_restored
 
     try:
         accelerator.load_state(str(checkpoint))

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+from accelerate.utils import DistributedType
 
 __all__ = ["clip_grad_norm", "total_grad_norm"]
 
@@ -36,7 +37,6 @@ def clip_grad_norm(accelerator, parameters: Iterable[torch.nn.Parameter], max_no
     The factor is torch's, ``max_norm / (norm + 1e-6)``, applied when it is below 1. Sharded setups (FSDP,
     DeepSpeed, ...) hold only part of each gradient per process: there Accelerate's own clipping runs.
     """
-    from accelerate.utils import DistributedType
 
     parameters = list(parameters)
     if accelerator.distributed_type not in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):

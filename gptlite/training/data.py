@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from gptlite.folders import move_into_place, process_alive
+from gptlite.tokenization import ENCODER_JSON_SHA256, N_VOCAB, VOCAB_BPE_SHA256
 from gptlite.training.flags import is_int, require, setting
 from gptlite.training.sources import TextSource, resolve_files, single_document
 from gptlite.training.token_cache import (
@@ -154,7 +155,6 @@ def validation_source(config: DataConfig) -> TextSource | None:
 
 
 def _cache_key(config: DataConfig, train: TextSource, val: TextSource | None) -> str:
-    from gptlite.tokenization import ENCODER_JSON_SHA256, N_VOCAB, VOCAB_BPE_SHA256
 
     split = "separate" if val is not None else ("none" if config.train_ratio >= 1 else config.train_ratio)
     key = [

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from gptlite.training.data import train_source, validation_source
+
 __all__ = ["data_identity", "describe_change"]
 
 _CHUNK = 1 << 22  # tokens hashed at a time: a view inside one shard, a small copy across two
@@ -41,7 +43,6 @@ def _stream_fingerprint(source) -> list:
 def data_identity(config, train_ds, val_ds) -> dict[str, Any]:
     """``{"data": words, "fingerprint": hex}`` of a run's data (``config`` a :class:`DataConfig`, the datasets as
     :func:`~gptlite.training.data.build_datasets` made them)."""
-    from gptlite.training.data import train_source, validation_source
 
     train, val = train_source(config), validation_source(config)
     split = f"validation {val.describe()}" if val is not None else f"--train-ratio {config.train_ratio:g}"

@@ -16,6 +16,7 @@ from itertools import islice
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from gptlite.generation import generate_text
 from gptlite.loading import load_model
 from gptlite.speedups import speed_up
 from gptlite.training.data import DataConfig, build_datasets
@@ -84,7 +85,6 @@ def loss_sums(model, batches: Iterable, accelerator) -> tuple[float, int, int]:
 
 def sample_text(model, tokenizer, start_context: str, max_new_tokens: int = 50) -> str:
     """The book's ``generate_and_print_sample``: a greedy continuation of ``start_context`` on one line."""
-    from gptlite.generation import generate_text
 
     was_training = model.training
     model.eval()  # no dropout while sampling, and no draws from the RNG that training continues with

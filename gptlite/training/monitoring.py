@@ -9,6 +9,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 __all__ = ["History", "Progress", "perplexity"]
 
 
@@ -90,7 +92,6 @@ class Progress:
         peak_flops: float | None = None,
         peak_source: str = "",
     ) -> None:
-        from tqdm.auto import tqdm
 
         self.accelerator = accelerator
         self.bar = tqdm(

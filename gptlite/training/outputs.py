@@ -15,9 +15,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gptlite.errors import one_line
+from gptlite.folders import usual_weight_modes
+from gptlite.hub import push_to_hub
+from gptlite.modeling_gptlite import GPTLiteForCausalLM
+from gptlite.tokenization import save_tokenizer
+from gptlite.training.checkpointing import latest_checkpoint
 from gptlite.training.config import TrainConfig
 from gptlite.training.divergence import check_finite_weights
 from gptlite.training.monitoring import History
+from gptlite.training.plots import matplotlib_missing, plot_losses, plot_lr
+from gptlite.training.run_folder import run_settings
 
 __all__ = ["PushFailed", "TrainResult", "push_run", "save_outputs", "write_model_folder"]
 
@@ -39,10 +47,6 @@ def write_model_folder(folder: Path, model, config: TrainConfig, history: Histor
     """Write the run's final model and records into ``folder`` (an empty, not yet visible folder); ``dataset``
     describes the training data in words, as the run resolved it. Without matplotlib, ``say`` tells in one line
     that the figures are left out."""
-    from gptlite.folders import usual_weight_modes
-    from gptlite.tokenization import save_tokenizer
-    from gptlite.training.plots import matplotlib_missing, plot_losses, plot_lr
-    from gptlite.training.run_folder import run_settings
 
     model.save_pretrained(folder)  # config.json, model.safetensors, generation_config.json, the model's code
     usual_weight_modes(folder)
@@ -107,9 +111,6 @@ def push_run(folder: str | Path, config: TrainConfig, say=print) -> None:
     Raises:
         PushFailed: in one line naming the repository and the cause; the saved run is left as it is.
     """
-    from gptlite.errors import one_line
-    from gptlite.hub import push_to_hub
-    from gptlite.modeling_gptlite import GPTLiteForCausalLM
 
     folder, repo_id = Path(folder), config.run.push_to_hub
     model = GPTLiteForCausalLM.from_pretrained(folder)  # the saved files, exactly: what a download gives back
@@ -123,7 +124,6 @@ def push_run(folder: str | Path, config: TrainConfig, say=print) -> None:
 
 
 def _push_later(folder: Path, repo_id: str) -> str:
-    from gptlite.training.checkpointing import latest_checkpoint
 
     if latest_checkpoint(folder) is not None:  # resuming a finished run only pushes it
         return f"push it with gptlite-train --resume-from latest --output-dir {folder} --push-to-hub {repo_id}"

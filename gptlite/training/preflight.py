@@ -10,7 +10,10 @@
 
 from __future__ import annotations
 
+from accelerate.tracking import get_available_trackers
+
 from gptlite.errors import UsageError
+from gptlite.tokenization import N_VOCAB
 
 __all__ = ["check_trackers", "check_vocabulary"]
 
@@ -20,7 +23,6 @@ _PACKAGES = {"comet_ml": "comet-ml", "tensorboard": "tensorboard (or tensorboard
 
 def check_trackers(report_to: list[str]) -> None:
     """Refuse a ``--report-to`` tracker whose package is not installed (``all`` takes whichever are)."""
-    from accelerate.tracking import get_available_trackers
 
     available = {str(tracker) for tracker in get_available_trackers()}
     missing = [name for name in report_to if name != "all" and name not in available]
@@ -32,7 +34,6 @@ def check_trackers(report_to: list[str]) -> None:
 
 def check_vocabulary(vocab_size: int, what: str) -> None:
     """Refuse a model (``what`` names it, e.g. ``--init-from X``) that lacks some of GPT-2's token ids."""
-    from gptlite.tokenization import N_VOCAB
 
     if vocab_size < N_VOCAB:
         raise UsageError(f"{what} has a vocabulary of {vocab_size} tokens, but the data is tokenized with GPT-2's "

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
 
+from accelerate.utils import broadcast_object_list
 from filelock import FileLock, Timeout
 
 from gptlite.errors import InputFileError
@@ -410,7 +411,6 @@ def claim_run_folder(config, accelerator) -> RunFolder:
     Raises ``FolderRefused`` (a usage error) on every process when the folder is another run's, is locked
     by a live process, or holds other files; ``FileNotFoundError`` when ``--resume-from`` names no checkpoint.
     """
-    from accelerate.utils import broadcast_object_list
 
     out = Path(config.run.output_dir)
     verdict: list = [None, None]

@@ -12,8 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, set_seed
 
 from gptlite._libc import libc
+from gptlite.loading import load_model
+from gptlite.modeling_gptlite import GPTLiteForCausalLM
+from gptlite.speedups import speed_up
 from gptlite.training.config import OptimSettings, TrainConfig
 from gptlite.training.throughput import cpu_has_native_bf16
 
@@ -40,8 +45,6 @@ def make_accelerator(
     step (Accelerate would otherwise step it once per process), and gradients synchronise every
     ``grad_accum`` batches regardless of where the loader stands (the loop fetches a step's batches first).
     """
-    from accelerate import Accelerator
-    from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration
 
     on_cpu = not _has_accelerator()
     if on_cpu and mixed_precision == "fp16":
@@ -92,7 +95,6 @@ def use_tf32(device: torch.device, enabled: bool = True) -> None:
 
 def seed_everything(seed: int) -> None:
     """The run's only global seeding: Python's, NumPy's and torch's generators (model init, dropout)."""
-    from accelerate.utils import set_seed
 
     set_seed(seed)
 
@@ -103,15 +105,12 @@ def build_model(config: TrainConfig, notice: Callable[[str], None] | None = None
 
     ``notice`` receives the one line saying that a plain GPT-2 ``--init-from`` was converted (None: stderr).
     """
-    from gptlite.modeling_gptlite import GPTLiteForCausalLM
-    from gptlite.speedups import speed_up
 
     settings = config.model
     if settings.init_from is None:
         model = GPTLiteForCausalLM(config.model_config())
         model.set_attn_implementation(settings.attn_implementation)
     else:
-        from gptlite.loading import load_model
 
         model = load_model(
             settings.init_from,

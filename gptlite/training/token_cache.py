@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from gptlite.errors import InputFileError, one_line
+from gptlite.tokenization import EOT_ID, EOT_TOKEN, get_tokenizer
 from gptlite.training.sources import read_text_file
 
 __all__ = ["SHARD_TOKENS", "TOKEN_DTYPE", "ShardWriter", "TokenShards", "encode_parts", "tokenize_documents",
@@ -209,7 +210,6 @@ def _quiet_worker_signals() -> None:
 
 
 def _init_worker(parts: list, eot_as_special: bool, pooled: bool = False) -> None:
-    from gptlite.tokenization import EOT_TOKEN, get_tokenizer
 
     if pooled:
         _quiet_worker_signals()
@@ -218,7 +218,6 @@ def _init_worker(parts: list, eot_as_special: bool, pooled: bool = False) -> Non
 
 def _encode_task(task: tuple[int, int, int, bool]) -> np.ndarray:
     """The ids of rows ``[start, stop)`` of one part, ``<|endoftext|>`` before each (but the corpus's first)."""
-    from gptlite.tokenization import EOT_ID
 
     part_index, start, stop, eot_before_first = task
     rows = _worker["parts"][part_index][start:stop]

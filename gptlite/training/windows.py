@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, default_collate, get_worker_info
 
+from gptlite.tokenization import EOT_ID, EOT_TOKEN, get_tokenizer
 from gptlite.training.token_cache import TokenShards
 
 __all__ = ["StreamingWindows", "TokenWindows", "WindowBatch", "collate_windows", "encode_document", "num_windows"]
@@ -27,16 +28,8 @@ def num_windows(n_tokens: int, max_length: int, stride: int) -> int:
     return len(range(0, n_tokens - max_length, stride))
 
 
-def _check_lengths(max_length: int, stride: int) -> None:
-    if max_length < 1:
-        raise ValueError(f"max_length (context length) must be >= 1, got {max_length}")
-    if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
-
-
 def encode_document(text: str, eot_as_special: bool = False) -> list[int]:
     """GPT-2 token ids of one document; a literal ``<|endoftext|>`` in it is text unless ``eot_as_special``."""
-    from gptlite.tokenization import EOT_TOKEN, get_tokenizer
 
     allowed = {EOT_TOKEN} if eot_as_special else set()
     return get_tokenizer().encode(text, allowed_special=allowed, disallowed_special=())
@@ -50,7 +43,6 @@ class TokenWindows(Dataset):
     """
 
     def __init__(self, token_ids, max_length: int, stride: int) -> None:
-        _check_lengths(max_length, stride)
         if isinstance(token_ids, torch.Tensor):
             token_ids = token_ids.numpy()
         if not isinstance(token_ids, (np.ndarray, TokenShards)):
@@ -135,7 +127,6 @@ class StreamingWindows(IterableDataset):
         name: str = "training",
         hint: str = "lower --context-length or add data",
     ) -> None:
-        _check_lengths(max_length, stride)
         self.documents = documents
         self.max_length = max_length
         self.stride = stride
@@ -150,7 +141,6 @@ class StreamingWindows(IterableDataset):
         self.epoch = epoch
 
     def _token_chunks(self, counter: list[int]) -> Iterator[list[int]]:
-        from gptlite.tokenization import EOT_ID
 
         for i, text in enumerate(self.documents()):
             ids = encode_document(text or "", self.eot_as_special)
