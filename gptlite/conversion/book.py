@@ -13,15 +13,14 @@ from typing import Any
 
 import torch
 
-from gptlite.conversion.configs import to_gpt2_config
-from gptlite.conversion.export import gpt2_tensors
-from gptlite.conversion.verify import gpt2_from_tensors, verify_gptlite
-
 from ..configuration_gptlite import GPTLiteConfig
 from ..folders import atomic_folder
 from .common import ConversionResult, book_named, check_gptlite_source, parse_dtype, write_gptlite
+from .configs import to_gpt2_config
+from .export import gpt2_tensors
 from .output import check_conversion_output
 from .storage import ConversionError, FlagError, TensorSource, load_torch_file
+from .verify import gpt2_from_tensors, verify_gptlite
 
 __all__ = ["book_config", "from_book"]
 

@@ -9,10 +9,9 @@ from pathlib import Path
 import torch
 from transformers import PretrainedConfig, PreTrainedModel
 
-from gptlite.tokenization import save_tokenizer
-
 from ..configuration_gptlite import GPTLiteConfig
 from ..modeling_gptlite import GPTLiteForCausalLM
+from ..tokenization import save_tokenizer
 from .names import book_name, file_name, from_gptlite_layout, rows, state_dict_name, to_gptlite_layout
 from .storage import ConversionError, FlagError, RenamedSource, TensorSource, write_safetensors
 

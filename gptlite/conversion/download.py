@@ -10,7 +10,7 @@ from __future__ import annotations
 import urllib.error
 from pathlib import Path
 
-from gptlite.downloads import DownloadError, cache_root, download, download_folder, is_offline
+from ..downloads import DownloadError, cache_root, download, download_folder, is_offline
 
 __all__ = ["OPENAI_SIZES", "DownloadError", "is_offline", "openai_checkpoint"]
 

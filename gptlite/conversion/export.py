@@ -9,16 +9,16 @@ from pathlib import Path
 import torch
 from transformers import GPT2LMHeadModel
 
-from gptlite.tokenization import N_VOCAB, save_tokenizer
-
 from ..configuration_gptlite import GPTLiteConfig
 from ..folders import atomic_folder
 from ..modeling_gptlite import GPTLiteForCausalLM
+from ..tokenization import N_VOCAB, save_tokenizer
 from .common import ConversionResult, book_named, check_gptlite_source, meta_model, parse_dtype, save_streaming
 from .configs import ModelRefused, read_json, to_gpt2_config
 from .names import from_gptlite_layout, rows
 from .output import check_conversion_output
 from .storage import ConversionError, StateDictSource, TensorSource, open_weights
+from .verify import verify as verify_logits
 
 __all__ = ["gpt2_tensors", "to_hf"]
 
@@ -109,5 +109,5 @@ def to_hf(
             else:
                 reference = GPTLiteForCausalLM.from_pretrained(src, dtype=torch.float32)
             candidate = GPT2LMHeadModel.from_pretrained(tmp, dtype=torch.float32)
-            result.max_logit_diff, result.tolerance = verify(reference, candidate, out_dtype, out)
+            result.max_logit_diff, result.tolerance = verify_logits(reference, candidate, out_dtype, out)
     return result

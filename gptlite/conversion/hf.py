@@ -8,8 +8,6 @@ from pathlib import Path
 import torch
 from transformers import GPT2LMHeadModel
 
-from gptlite.conversion.verify import verify_gptlite, weights_file_read
-
 from ..configuration_gptlite import GPTLiteConfig
 from ..downloads import hub_snapshot
 from ..folders import atomic_folder
@@ -26,6 +24,7 @@ from .common import (
 from .configs import from_gpt2_config, read_gpt2_config
 from .output import check_conversion_output
 from .storage import ConversionError, TensorSource, open_weights, weights_files
+from .verify import verify_gptlite, weights_file_read
 
 __all__ = ["from_hf", "gpt2_state_dict_in_memory", "open_hf_checkpoint"]
 

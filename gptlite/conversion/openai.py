@@ -6,9 +6,6 @@ from pathlib import Path
 
 import torch
 
-from gptlite.conversion.configs import to_gpt2_config
-from gptlite.conversion.verify import gpt2_from_tensors, verify_gptlite
-
 from ..folders import atomic_folder
 from ..modeling_gptlite import GPTLiteForCausalLM
 from .common import (
@@ -20,12 +17,13 @@ from .common import (
     parse_dtype,
     write_gptlite,
 )
-from .configs import from_openai_hparams
+from .configs import from_openai_hparams, to_gpt2_config
 from .download import OPENAI_SIZES, openai_checkpoint
 from .names import rows
 from .output import check_conversion_output
 from .storage import ConversionError
 from .tf_bundle import TensorBundle, TensorBundleError
+from .verify import gpt2_from_tensors, verify_gptlite
 
 __all__ = ["OpenAICheckpoint", "from_openai"]
 

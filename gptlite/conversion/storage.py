@@ -21,8 +21,8 @@ from typing import Protocol
 import torch
 from safetensors import SafetensorError, safe_open
 
-from gptlite._libc import libc
-from gptlite.folders import atomic_file
+from .._libc import libc
+from ..folders import atomic_file
 
 __all__ = [
     "ConversionError",

@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader
 
 import gptlite.tokenization as tokenization
 from gptlite.tokenization import EOT_ID, EOT_TOKEN, get_tokenizer
+from gptlite.training import token_cache
 from gptlite.training.data import (
     DataConfig,
     build_dataloaders,
@@ -217,14 +218,14 @@ def test_second_run_uses_the_cache(tmp_path, monkeypatch):
         calls.append(1)
         return original()
 
-    monkeypatch.setattr(tokenization, "get_tokenizer", counting)
+    monkeypatch.setattr(token_cache, "get_tokenizer", counting)  # where the tokenizing map finds it
     first = load_token_splits(config)
     assert calls, "the first run should tokenize"
 
     def forbidden():
         raise AssertionError("tokenizer called on a cache hit")
 
-    monkeypatch.setattr(tokenization, "get_tokenizer", forbidden)
+    monkeypatch.setattr(token_cache, "get_tokenizer", forbidden)
     second = load_token_splits(config)
     assert np.array_equal(first[0], second[0]) and np.array_equal(first[1], second[1])
     assert len(list((tmp_path / "c").iterdir())) == 1

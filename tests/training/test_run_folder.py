@@ -265,13 +265,13 @@ _ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 # Each file of the final model folder, and the flush before the swap: a failure at any of them.
 _FINAL_WRITES = [
     ("transformers.PreTrainedModel.save_pretrained", _ENOSPC),
-    ("gptlite.tokenization.save_tokenizer", _ENOSPC),
+    ("gptlite.training.outputs.save_tokenizer", _ENOSPC),
     ("gptlite.training.monitoring.History.save", _ENOSPC),
-    ("gptlite.training.plots.plot_losses", _ENOSPC),
-    ("gptlite.training.plots.plot_lr", _ENOSPC),
+    ("gptlite.training.outputs.plot_losses", _ENOSPC),
+    ("gptlite.training.outputs.plot_lr", _ENOSPC),
     ("gptlite.folders.fsync_tree", _ENOSPC),  # also flushes checkpoints: fails only on the final folder
     ("gptlite.training.run_folder._link_tree", _ENOSPC),
-    ("gptlite.training.plots.plot_lr", KeyboardInterrupt()),  # Ctrl-C during the save
+    ("gptlite.training.outputs.plot_lr", KeyboardInterrupt()),  # Ctrl-C during the save
 ]
 
 
