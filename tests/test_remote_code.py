@@ -29,6 +29,7 @@ def test_hide_gptlite_hides_an_importable_gptlite(tmp_path):
     assert hidden.stdout.strip() == "hidden"
 
 
+@pytest.mark.slow  # a fresh Python process: ~4 s of imports
 def test_fresh_process_without_gptlite_loads_and_generates_the_same_tokens(tmp_path):
     folder, expected = saved_folder_and_expected_tokens(tmp_path)
     result = run_child(CHILD, tmp_path, str(folder), PROMPT, str(NEW_TOKENS))
@@ -40,5 +41,6 @@ def test_fresh_process_without_gptlite_loads_and_generates_the_same_tokens(tmp_p
     assert child["output"] == expected["output"]
 
 
+@pytest.mark.slow  # a fresh Python process: ~4 s of imports
 def test_fresh_process_without_gptlite_opens_every_auto_class_and_batches_like_one_by_one(tmp_path):
     check_every_auto_class(tmp_path)

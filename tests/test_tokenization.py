@@ -288,6 +288,7 @@ def _load_tokenizer_without_gptlite(tmp_path: Path, how: str, text: str) -> tupl
     return json.loads(child.stdout.splitlines()[-1]), child.stdout + child.stderr
 
 
+@pytest.mark.slow  # a fresh Python process: ~4 s of imports
 @pytest.mark.parametrize("how", ["auto-trusted", "gpt2-class"])
 def test_tokenizer_of_a_saved_folder_loads_quietly_without_gptlite(tmp_path: Path, enc: tiktoken.Encoding,
                                                                    how: str) -> None:
@@ -298,6 +299,7 @@ def test_tokenizer_of_a_saved_folder_loads_quietly_without_gptlite(tmp_path: Pat
     assert loaded["ids"] == enc.encode(text)
 
 
+@pytest.mark.slow  # a fresh Python process: ~4 s of imports
 @pytest.mark.xfail(
     int(transformers.__version__.split(".")[0]) >= 5, strict=True,
     reason="transformers 5.x AutoTokenizer reads config.json through AutoConfig before tokenizer_config.json, "

@@ -178,6 +178,7 @@ def test_a_crc_error_keeps_the_previous_output(sources, tmp_path, capsys):
     assert_intact(out, before)
 
 
+@pytest.mark.slow  # a fresh Python process: ~4 s of imports
 @pytest.mark.parametrize(("signum", "status", "said"), [
     (signal.SIGINT, 130, "interrupted"),
     # SIGTERM's default would end the process on the spot and leave the hidden temporary folder behind.

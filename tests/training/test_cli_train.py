@@ -139,6 +139,7 @@ def test_tiny_corpus_is_a_clean_error_not_a_traceback(tmp_path, capsys):
     assert not (tmp_path / "run").exists()  # a failed start leaves no folder, run.json or run.lock behind
 
 
+@pytest.mark.slow  # a fresh Python process: ~4 s of imports
 def test_module_cli_trains_with_trackers_then_eval_and_generate_use_the_result(tmp_path, capsys):
     corpus = write_corpus(tmp_path / "corpus.txt", n_words=1200)
     # 9 steps with --eval-freq 4: evaluations after steps 0, 4 and 8, the last one over the whole validation split.

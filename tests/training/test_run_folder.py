@@ -167,6 +167,7 @@ _HOLD_THE_LOCK = ("import sys, time; from pathlib import Path; from gptlite.trai
                   "_acquire_lock(Path(sys.argv[1]), []); print('held', flush=True); time.sleep(120)")
 
 
+@pytest.mark.slow  # a fresh Python process: ~4 s of imports
 def test_a_second_live_process_is_refused_and_a_killed_ones_lock_is_taken_over(tmp_path, corpus, capsys):
     out = tmp_path / "run"
     out.mkdir()

@@ -15,6 +15,8 @@ import pytest
 from gptlite.training.data import DataConfig, load_token_splits
 from tests.training.conftest import subprocess_env, write_corpus
 
+pytestmark = pytest.mark.slow  # each test starts a fresh gptlite-train process: ~4 s of imports
+
 # gptlite-train with tasks of one small file each, two workers, and tasks slow enough to be signalled mid-way.
 SLOW_TOKENIZING = """
 import pathlib, sys, time
