@@ -7,6 +7,8 @@ none of them finds gptlite, whether it is installed, installed in editable mode 
 
 import json
 
+import pytest
+
 from tests.conftest import (
     CHILD,
     HIDE_GPTLITE,
