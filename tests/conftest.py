@@ -459,3 +459,34 @@ def check_every_auto_class(tmp_path: Path, python: str = sys.executable) -> None
     assert child["batched"] == child["alone"]
     assert child["same_trunk"] and child["trunk_equal"]
     assert child["class_logits_shape"] == [len(PROMPTS), 2]
+
+
+def reset_accelerate() -> None:
+    """Accelerate keeps process-wide singletons (AcceleratorState, GradientState): forget them, as a new program."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def run_in_process(capsys, command, *argv: str) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of a gptlite command's ``main`` run in this process as a new program would run
+    (Accelerate's singletons forgotten after it), asserting that nothing printed a traceback."""
+    capsys.readouterr()
+    try:
+        command(list(argv))
+        code = 0
+    except SystemExit as done:
+        code = done.code
+    finally:
+        reset_accelerate()
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+def error_line(err: str) -> str:
+    """The one ``PROG: error: ...`` line of ``err`` (asserting there is exactly one)."""
+    lines = [line for line in err.splitlines() if ": error: " in line]
+    assert len(lines) == 1, err
+    return lines[0]

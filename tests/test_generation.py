@@ -14,7 +14,7 @@ from gptlite import GPTLiteConfig, GPTLiteForCausalLM
 from gptlite.generation import generate_text
 from gptlite.generation.cli import main
 from gptlite.tokenization import get_hf_tokenizer
-from tests.conftest import TINY, randomize_, tiny_model, to_gpt2
+from tests.conftest import TINY, randomize_, run_in_process, tiny_model, to_gpt2
 
 
 @pytest.fixture(scope="module")
@@ -224,14 +224,7 @@ def test_console_script_is_the_command_line_module():
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     """(exit status, stdout, stderr) of gptlite-generate, asserting that nothing printed a traceback."""
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return code, out, err
+    return run_in_process(capsys, main, *argv)
 
 
 def one_error_line(err: str) -> str:

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from gptlite.tokenization import EOT_ID, get_tokenizer
 from gptlite.training.config import TrainConfig
 from gptlite.training.loop import train
+from tests.conftest import reset_accelerate
 
 WORDS = (
     "the for statement is used to iterate over elements of a sequence such as string tuple or list "
@@ -143,14 +144,6 @@ def joined(docs: list[str]) -> list[int]:
     for i, doc in enumerate(docs):
         out += ([] if i == 0 else [EOT_ID]) + enc.encode(doc, disallowed_special=())
     return out
-
-
-def reset_accelerate() -> None:
-    """Accelerate keeps process-wide singletons (AcceleratorState, GradientState): forget them, as a new program."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
 
 
 @pytest.fixture

@@ -20,7 +20,9 @@ from gptlite.training.checkpointing import (
     remove_partial_checkpoints,
     resolve_resume,
 )
+from gptlite.training.cli import main
 from gptlite.training.loop import train
+from tests.conftest import run_in_process
 from tests.training.conftest import (
     config_flags,
     max_abs_difference,
@@ -164,15 +166,7 @@ def test_a_tied_head_checkpoints_without_accelerates_shared_tensor_warning(tmp_p
 
 def exit_of(capsys, argv) -> tuple[int, str]:
     """(exit status, stderr) of gptlite-train in this process, asserting that no traceback was printed."""
-    from gptlite.training.cli import main
-
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
+    code, _, err = run_in_process(capsys, main, *argv)
     return code, err
 
 

@@ -13,6 +13,7 @@ from gptlite.configuration_gptlite import PRESET_FIELDS
 from gptlite.generation.cli import main as generate_main
 from gptlite.training.cli import eval_main, main
 from gptlite.training.recipes import build_config
+from tests.conftest import error_line, run_in_process
 from tests.training.conftest import (
     config_flags,
     max_abs_difference,
@@ -175,20 +176,7 @@ def test_module_cli_trains_with_trackers_then_eval_and_generate_use_the_result(t
 
 def exit_of(capsys, command, argv) -> tuple[int, str, str]:
     """(exit status, stdout, stderr) of an in-process command, asserting that no traceback was printed."""
-    try:
-        command(list(argv))
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return code, out, err
-
-
-def error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if ": error: " in line]
-    assert len(lines) == 1, err
-    return lines[0]
+    return run_in_process(capsys, command, *argv)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import torch
 from gptlite.generation.cli import main as generate_main
 from gptlite.training.checkpointing import list_checkpoints
 from gptlite.training.cli import eval_main, main
+from tests.conftest import error_line, run_in_process
 from tests.training.conftest import (
     config_flags,
     tiny_config,
@@ -20,20 +21,8 @@ pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 def exit_of(capsys, command, argv) -> tuple[int, str]:
     """(exit status, stderr) of an in-process command, asserting that no traceback was printed."""
-    try:
-        command(list(argv))
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
+    code, _, err = run_in_process(capsys, command, *argv)
     return code, err
-
-
-def error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if ": error: " in line]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 @pytest.fixture

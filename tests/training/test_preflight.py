@@ -11,6 +11,7 @@ from contextlib import contextmanager
 import pytest
 
 from gptlite.training.cli import eval_main, main
+from tests.conftest import run_in_process
 from tests.training.conftest import (
     config_flags,
     tiny_config,
@@ -22,13 +23,7 @@ pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 def exit_of(capsys, command, argv) -> tuple[int, str]:
     """(exit status, stderr) of an in-process command, asserting that no traceback was printed."""
-    try:
-        command(list(argv))
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
+    code, _, err = run_in_process(capsys, command, *argv)
     return code, err
 
 

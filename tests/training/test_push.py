@@ -13,9 +13,9 @@ import yaml
 from safetensors.torch import load
 
 from gptlite.training.cli import main
+from tests.conftest import run_in_process
 from tests.training.conftest import (
     config_flags,
-    reset_accelerate,
     tiny_config,
     weights,
 )
@@ -31,17 +31,7 @@ def corpus_words():
 
 
 def cli(capsys, *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as done:
-        code = done.code
-    finally:
-        reset_accelerate()
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return code, out, err
+    return run_in_process(capsys, main, *argv)
 
 
 def assert_pushed(hub, out) -> None:

@@ -16,9 +16,9 @@ from gptlite.training.checkpointing import latest_checkpoint, load_trainer_state
 from gptlite.training.cli import main
 from gptlite.training.monitoring import Progress
 from gptlite.training.run_folder import read_run_record
+from tests.conftest import run_in_process
 from tests.training.conftest import (
     config_flags,
-    reset_accelerate,
     tiny_config,
     tree_hashes,
     weights,
@@ -33,17 +33,7 @@ SIZES = {"emb_dim": 36, "n_layers": 3, "n_heads": 3, "context_length": 24, "batc
 
 
 def cli(capsys, *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as done:
-        code = done.code
-    finally:
-        reset_accelerate()
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return code, out, err
+    return run_in_process(capsys, main, *argv)
 
 
 def gptlite_lines(text: str) -> list[str]:

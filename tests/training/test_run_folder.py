@@ -21,10 +21,10 @@ from gptlite.training.checkpointing import list_checkpoints, load_trainer_state
 from gptlite.training.cli import main
 from gptlite.training.loop import train
 from gptlite.training.run_folder import LOCK_FILE, RUN_FILE, read_run_record, run_settings
+from tests.conftest import run_in_process
 from tests.training.conftest import (
     config_flags,
     folder_logits,
-    reset_accelerate,
     run,
     subprocess_env,
     tiny_config,
@@ -42,16 +42,7 @@ def corpus_words():
 
 def cli(capsys, config, *extra: str) -> tuple[int, str, str]:
     """Run ``gptlite-train`` in this process with ``config``'s flags; (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    try:
-        main([*config_flags(config), *extra])
-        code = 0
-    except SystemExit as done:
-        code = done.code
-    finally:
-        reset_accelerate()
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_in_process(capsys, main, *config_flags(config), *extra)
 
 
 def one_line_error(err: str) -> str:

@@ -15,11 +15,11 @@ from gptlite.training.checkpointing import latest_checkpoint, list_checkpoints, 
 from gptlite.training.cli import main
 from gptlite.training.loop import train
 from gptlite.training.monitoring import Progress
+from tests.conftest import run_in_process
 from tests.training.conftest import (
     config_flags,
     free_port,
     max_abs_difference,
-    reset_accelerate,
     run,
     subprocess_env,
     tiny_config,
@@ -39,15 +39,8 @@ def uninterrupted_settings():
 
 
 def cli(capsys, *argv: str) -> tuple[int, str]:
-    capsys.readouterr()
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as done:
-        code = done.code
-    finally:
-        reset_accelerate()
-    return code, capsys.readouterr().err
+    code, _, err = run_in_process(capsys, main, *argv)
+    return code, err
 
 
 def the_line(err: str) -> str:
