@@ -148,13 +148,9 @@ def joined(docs: list[str]) -> list[int]:
 
 @pytest.fixture
 def fresh_accelerate_state():
-    """Each run starts as a new program would, on one thread. Modules opt in with
-    ``pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")``; not autouse, so that the other modules keep
-    torch's thread count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is as fast and immune to a busy machine
+    """Each run starts as a new program would. Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")``."""
     yield
-    torch.set_num_threads(threads)
     reset_accelerate()
 
 
@@ -192,7 +188,6 @@ def uninterrupted_settings() -> dict:
 def uninterrupted(tmp_path_factory, corpus, uninterrupted_settings):
     """The reference a stopped and resumed run must equal: the same run, never stopped.
     (result, weights of the saved model, the folder holding ``run/``)."""
-    torch.set_num_threads(1)
     folder = tmp_path_factory.mktemp("uninterrupted")
     result = train(tiny_config(folder, corpus, **uninterrupted_settings))
     reset_accelerate()
