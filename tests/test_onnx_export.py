@@ -33,7 +33,8 @@ def _padded(batch: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
-@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+# The dynamo exporter traces the model through torch.export: 3.5 s, so it runs with the slow tests.
+@pytest.mark.parametrize("dynamo", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["torchscript", "dynamo"])
 def test_the_saved_folder_exports_to_onnx_and_onnxruntime_gives_the_same_logits(tmp_path, dynamo):
     torch.manual_seed(0)
     config = GPTLiteConfig(emb_dim=32, n_layers=2, n_heads=2, context_length=32, drop_rate=0.0)
