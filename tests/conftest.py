@@ -24,12 +24,16 @@ from gptlite.tokenization import get_hf_tokenizer, save_tokenizer
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
-# The tests' models are tiny: one thread computes them faster than two that wait for each other (the quick suite
-# measured 1.2-1.7x faster, the more so on a busy machine). Subprocesses keep torch's default.
-torch.set_num_threads(1)
+_THREADS = torch.get_num_threads()
 
 # Tiny configs use bos/eos 50256 beyond their vocabulary on purpose (GPT-2's ids); transformers warns.
 warnings.filterwarnings("ignore", message=".*must be `None` or an integer within the vocabulary.*")
+
+
+def pytest_runtest_setup(item):
+    # The quick tests' models are tiny: one thread computes them faster than two that wait for each other (the quick
+    # suite measured 1.2-1.7x faster, the more so on a busy machine). The slow tests' 124M runs use every core.
+    torch.set_num_threads(_THREADS if item.get_closest_marker("slow") else 1)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -29,8 +29,8 @@ from gptlite.training.flags import field_types, flag, is_int, require, setting
 from gptlite.training.schedule import CLIP_MODES, SCHEDULES, LRSchedule, resolve_warmup
 
 __all__ = [
-    "MIXED_PRECISIONS", "TRACKERS", "DataConfig", "EvalSettings", "ModelSettings", "OptimSettings", "RunSettings",
-    "TrainConfig",
+    "MIXED_PRECISIONS", "SECTIONS", "TRACKERS", "DataConfig", "EvalSettings", "ModelSettings", "OptimSettings",
+    "RunSettings", "TrainConfig",
 ]  # fmt: skip
 
 MIXED_PRECISIONS: tuple[str, ...] = ("no", "bf16", "fp16")
