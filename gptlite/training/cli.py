@@ -29,7 +29,8 @@ from accelerate import PartialState
 from gptlite.cli_runner import Reworded, run_command
 from gptlite.loading import model_folder, read_model_config
 from gptlite.training.checkpointing import latest_checkpoint
-from gptlite.training.config import MIXED_PRECISIONS, SECTIONS, DataConfig, TrainConfig
+from gptlite.training.config import MIXED_PRECISIONS, SECTIONS, TrainConfig
+from gptlite.training.data import DataConfig
 from gptlite.training.evaluation import evaluate_model
 from gptlite.training.flags import add_flags
 from gptlite.training.loop import train

@@ -25,28 +25,17 @@ from huggingface_hub.utils import validate_repo_id
 
 from gptlite.configuration_gptlite import GPTLiteConfig, preset_names
 from gptlite.training.data import DataConfig
-from gptlite.training.flags import field_types, flag, is_int, require, setting
+from gptlite.training.flags import field_types, flag, require, require_at_least_or_none, require_positive, setting
 from gptlite.training.schedule import CLIP_MODES, SCHEDULES, LRSchedule, resolve_warmup
 
 __all__ = [
-    "MIXED_PRECISIONS", "SECTIONS", "TRACKERS", "DataConfig", "EvalSettings", "ModelSettings", "OptimSettings",
-    "RunSettings", "TrainConfig",
+    "MIXED_PRECISIONS", "SECTIONS", "TRACKERS", "EvalSettings", "ModelSettings", "OptimSettings", "RunSettings",
+    "TrainConfig",
 ]  # fmt: skip
 
 MIXED_PRECISIONS: tuple[str, ...] = ("no", "bf16", "fp16")
 TRACKERS: tuple[str, ...] = ("tensorboard", "trackio", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive")
 _ATTENTION = ("sdpa", "eager")
-
-
-def _positive(settings: Any, *names: str) -> None:
-    for name in names:
-        require(is_int(getattr(settings, name)) and getattr(settings, name) >= 1, name, "a positive integer", settings)
-
-
-def _at_least_or_none(settings: Any, low: int, *names: str) -> None:
-    for name in names:
-        value = getattr(settings, name)
-        require(value is None or (is_int(value) and value >= low), name, f"an integer >= {low}", settings)
 
 
 def _finite(value: Any) -> bool:
@@ -109,9 +98,9 @@ class OptimSettings:
                              "second step after warmup).")
 
     def __post_init__(self) -> None:
-        _positive(self, "batch_size", "grad_accum", "epochs")
-        _at_least_or_none(self, 1, "max_steps")
-        _at_least_or_none(self, 0, "warmup_steps")
+        require_positive(self, "batch_size", "grad_accum", "epochs")
+        require_at_least_or_none(self, 1, "max_steps")
+        require_at_least_or_none(self, 0, "warmup_steps")
         require(0.0 <= self.warmup_ratio <= 1.0, "warmup_ratio", "in [0, 1]", self)
         # inf passes ">= 0" but trains NaN weights from the first step: every rate must be a finite number.
         for name in ("initial_lr", "peak_lr", "min_lr", "weight_decay"):
@@ -147,7 +136,7 @@ class EvalSettings:
                                    "(tensorboard, trackio, wandb, ...; none by default).")
 
     def __post_init__(self) -> None:
-        _positive(self, "eval_freq", "eval_iter", "sample_tokens")
+        require_positive(self, "eval_freq", "eval_iter", "sample_tokens")
         self.report_to = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to)
         self.report_to = [] if self.report_to in (["none"], []) else self.report_to
         for tracker in self.report_to:
@@ -185,8 +174,8 @@ class RunSettings:
                                "--recipe book-appendix-d it also sets D.4's listing's peak LR.")
 
     def __post_init__(self) -> None:
-        _positive(self, "keep_checkpoints")
-        _at_least_or_none(self, 1, "checkpoint_every")
+        require_positive(self, "keep_checkpoints")
+        require_at_least_or_none(self, 1, "checkpoint_every")
         precisions = ", ".join(MIXED_PRECISIONS)
         require(self.mixed_precision in (None, *MIXED_PRECISIONS), "mixed_precision", f"one of {precisions}", self)
         if self.push_to_hub is not None:  # before training, not after it: a typo must not cost the run's time

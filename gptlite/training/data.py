@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 
 from gptlite.folders import move_into_place, process_alive
 from gptlite.tokenization import ENCODER_JSON_SHA256, N_VOCAB, VOCAB_BPE_SHA256
-from gptlite.training.flags import is_int, require, setting
+from gptlite.training.flags import require, require_at_least_or_none, require_positive, setting
 from gptlite.training.sources import TextSource, resolve_files, single_document
 from gptlite.training.token_cache import (
     SHARD_TOKENS,
@@ -94,11 +94,8 @@ class DataConfig:
         for name in ("data", "validation_data"):
             value = getattr(self, name)
             setattr(self, name, [os.fspath(value)] if isinstance(value, (str, os.PathLike)) else list(value))
-        for name in ("context_length", "shuffle_buffer"):
-            require(is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "a positive integer", self)
-        for name in ("stride", "num_proc"):
-            value = getattr(self, name)
-            require(value is None or (is_int(value) and value >= 1), name, "an integer >= 1", self)
+        require_positive(self, "context_length", "shuffle_buffer")
+        require_at_least_or_none(self, 1, "stride", "num_proc")
         require(0.0 < self.train_ratio <= 1.0, "train_ratio", "in (0, 1]", self)
         if self.data and self.dataset is not None:
             raise ValueError(f"give either --data ({' '.join(self.data)}) or --dataset ({self.dataset}), not both")

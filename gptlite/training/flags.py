@@ -12,7 +12,10 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["add_flags", "coerce", "field_types", "flag", "is_int", "require", "setting"]
+__all__ = [
+    "add_flags", "coerce", "field_types", "flag", "is_int", "require", "require_at_least_or_none", "require_positive",
+    "setting",
+]  # fmt: skip
 
 _HELP = "help"
 
@@ -38,6 +41,19 @@ def require(ok: bool, name: str, what: str, settings: Any) -> None:
     """Refuse a setting where it is made, naming its flag: ``--batch-size must be a positive integer, got 0``."""
     if not ok:
         raise ValueError(f"{flag(name)} must be {what}, got {getattr(settings, name)!r}")
+
+
+def require_positive(settings: Any, *names: str) -> None:
+    """Refuse any of the fields ``names`` of ``settings`` that is not a positive integer."""
+    for name in names:
+        require(is_int(getattr(settings, name)) and getattr(settings, name) >= 1, name, "a positive integer", settings)
+
+
+def require_at_least_or_none(settings: Any, low: int, *names: str) -> None:
+    """Refuse any of the optional integer fields ``names`` of ``settings`` that is set and below ``low``."""
+    for name in names:
+        value = getattr(settings, name)
+        require(value is None or (is_int(value) and value >= low), name, f"an integer >= {low}", settings)
 
 
 def field_types(cls: type) -> dict[str, Any]:
