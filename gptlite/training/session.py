@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 from accelerate import Accelerator
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from gptlite.tokenization import get_hf_tokenizer, get_tokenizer
@@ -51,7 +51,8 @@ class Session:
 
     @property
     def streaming(self) -> bool:
-        return isinstance(self.train_loader.dataset, IterableDataset)
+        """A stream of windows, whose length is unknown (--streaming)."""
+        return self.config.data.streaming
 
 
 def check_start_context(config: TrainConfig) -> None:
@@ -79,7 +80,7 @@ def set_up(config: TrainConfig, accelerator: Accelerator, folder: RunFolder) -> 
     optimizer = build_optimizer(model, config.optim, fused=not book)
     if not book:
         model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
-    streaming = isinstance(train_loader.dataset, IterableDataset)
+    streaming = config.data.streaming
     steps_per_epoch = 0 if streaming else len(train_loader) // config.optim.grad_accum
     if not streaming and steps_per_epoch == 0:
         raise ValueError(
