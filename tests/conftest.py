@@ -31,9 +31,11 @@ warnings.filterwarnings("ignore", message=".*must be `None` or an integer within
 
 
 def pytest_runtest_setup(item):
-    # The quick tests' models are tiny: one thread computes them faster than two that wait for each other (the quick
-    # suite measured 1.2-1.7x faster, the more so on a busy machine). The slow tests' 124M runs use every core.
-    torch.set_num_threads(_THREADS if item.get_closest_marker("slow") else 1)
+    # The tests' models are tiny: one thread computes them faster than two that wait for each other (the quick suite
+    # measured 1.2-1.7x faster, the more so on a busy machine). One count for all of them also keeps a module's shared
+    # reference run and the runs compared with it (child processes get OMP_NUM_THREADS=1) on the same float sums.
+    # The book's 124M runs and the main job compute as a user's run does, on every core.
+    torch.set_num_threads(_THREADS if item.get_closest_marker("all_cores") else 1)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -211,6 +211,7 @@ def test_book_exact_refuses_what_the_book_has_no_counterpart_for(overrides, proc
 
 
 @pytest.mark.slow
+@pytest.mark.all_cores
 def test_book_ch5_reproduces_the_books_chapter5_run(tmp_path, capsys):
     verdict = SHARED_DATA / "the-verdict.txt"
     if not verdict.exists():
@@ -238,6 +239,7 @@ def test_book_ch5_reproduces_the_books_chapter5_run(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.all_cores
 def test_book_appendix_d_book_exact_reproduces_the_books_d4_run(tmp_path, capsys):
     """``gptlite-train --recipe book-appendix-d --book-exact``: D.4's 27 printed lines and 15 samples."""
     verdict = SHARED_DATA / "the-verdict.txt"

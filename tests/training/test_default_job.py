@@ -46,6 +46,7 @@ def words_after(prompt: str, text: str) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.all_cores
 def test_the_main_job_samples_and_its_follow_up_show_words(tmp_path):
     """The whole main job (about 2 minutes on an idle 2-core machine): the greedy sample after each epoch and the
     first screen's follow-up, gptlite-generate runs/default --prompt "The for statement", print words. Trained on
