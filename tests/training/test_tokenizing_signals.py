@@ -19,7 +19,8 @@ pytestmark = pytest.mark.slow  # each test starts a fresh gptlite-train process:
 
 # gptlite-train with tasks of one small file each, two workers, and tasks slow enough to be signalled mid-way.
 SLOW_TOKENIZING = """
-import pathlib, sys, time
+import pathlib, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal, however pytest was started
 import gptlite.training.token_cache as token_cache
 token_cache.TASK_BYTES, token_cache.usable_cores = 64, lambda: 2
 encode = token_cache._encode_task
