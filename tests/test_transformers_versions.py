@@ -1,10 +1,11 @@
 """Remote code on the transformers versions users have: a saved folder loads and generates on the floor (4.54) and
 the last 4.x as on the installed 5.x; below the floor, loading fails with one line naming the version needed.
 
-Each version gets a venv of its own, created once per test run: the installed torch's version, then that transformers
-from PyPI with the dependencies it resolves (packages of the main environment, made for the newest transformers,
-must not leak in: transformers 5.25 brings `kernels`, which 4.54's huggingface_hub cannot import). The child process
-is the remote-code test's: gptlite is hidden, HF_HOME is fresh. Skipped only when pip cannot reach the package index.
+Each version gets a venv of its own, created once per test run: the installed torch's version (unpacked once, then
+hard-linked into each venv), then that transformers from PyPI with the dependencies it resolves (packages of the main
+environment, made for the newest transformers, must not leak in: transformers 5.25 brings `kernels`, which 4.54's
+huggingface_hub cannot import). The child process is the remote-code test's: gptlite is hidden, HF_HOME is fresh.
+Skipped only when pip cannot reach the package index.
 """
 
 from __future__ import annotations
@@ -41,22 +42,39 @@ def _pip(python: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="session")
 def transformers_venv(tmp_path_factory):
     """python of a venv holding transformers==version; one venv per version per test run."""
-    made: dict[str, Path] = {}
     root = tmp_path_factory.mktemp("transformers-venvs")
+    made: dict[str, Path] = {}
 
-    def python_with(version: str) -> Path:
-        if version not in made:
-            venv = root / version
-            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-            python = venv / "bin" / "python"
+    def new_venv(name: str) -> tuple[Path, Path]:
+        subprocess.run([sys.executable, "-m", "venv", str(root / name)], check=True)
+        python = root / name / "bin" / "python"
+        site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        return python, Path(site)
+
+    def torch_venv() -> Path:
+        """The installed torch's version in a venv of its own, installed once (unpacking it takes ~25 s)."""
+        if "torch" not in made:
+            python, made["torch"] = new_venv("torch")
             reachable = _pip(python, "index", "versions", "transformers")
             if reachable.returncode != 0:
                 pytest.skip(f"pip cannot reach the package index: {reachable.stderr.strip()[-300:]}")
-            # The installed torch first (a plain requirement would pull another build), then that transformers
-            # with the dependencies of its own time: a venv as its users have it.
-            for requirement in (f"torch=={torch.__version__.split('+')[0]}", f"transformers=={version}"):
-                installed = _pip(python, "install", "--quiet", requirement)
-                assert installed.returncode == 0, installed.stderr[-3000:]
+            # The installed torch (a plain requirement would pull another build) with its own dependencies.
+            installed = _pip(python, "install", "--quiet", f"torch=={torch.__version__.split('+')[0]}")
+            assert installed.returncode == 0, installed.stderr[-3000:]
+        return made["torch"]
+
+    def python_with(version: str) -> Path:
+        if version not in made:
+            torch_site = torch_venv()
+            python, site = new_venv(version)
+            # torch's installed files, hard-linked (the same files pip wrote, with their metadata), then that
+            # transformers with the dependencies of its own time: a venv as its users have it.
+            for entry in torch_site.iterdir():
+                if not (site / entry.name).exists():
+                    subprocess.run(["cp", "-al", str(entry), str(site / entry.name)], check=True)
+            installed = _pip(python, "install", "--quiet", f"transformers=={version}")
+            assert installed.returncode == 0, installed.stderr[-3000:]
             made[version] = python
         return made[version]
 
