@@ -39,6 +39,11 @@ def pytest_runtest_setup(item):
 
 
 def pytest_collection_modifyitems(config, items):
+    # The files of the longest tests (the all_cores ones: the book's 124M runs, the main job) first: with `-n`,
+    # whole files go to the workers in this order (--dist loadfile --no-loadscope-reorder), so those start at once
+    # while the other worker takes everything else.
+    longest = {item.path for item in items if item.get_closest_marker("all_cores")}
+    items.sort(key=lambda item: item.path not in longest)
     if torch.cuda.is_available():
         return
     no_gpu = pytest.mark.skip(reason="needs a CUDA GPU (marked cuda)")
