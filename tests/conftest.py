@@ -20,30 +20,31 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from gptlite import GPTLiteConfig, GPTLiteForCausalLM
 from gptlite.tokenization import get_hf_tokenizer, save_tokenizer
+from tests import cores
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-
-_THREADS = torch.get_num_threads()
 
 # Tiny configs use bos/eos 50256 beyond their vocabulary on purpose (GPT-2's ids); transformers warns.
 warnings.filterwarnings("ignore", message=".*must be `None` or an integer within the vocabulary.*")
 
 
+def pytest_configure(config):
+    cores.make_locks(config)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    with cores.share_of_the_machine(item):
+        return (yield)
+
+
 def pytest_runtest_setup(item):
-    # The tests' models are tiny: one thread computes them faster than two that wait for each other (the quick suite
-    # measured 1.2-1.7x faster, the more so on a busy machine). One count for all of them also keeps a module's shared
-    # reference run and the runs compared with it (child processes get OMP_NUM_THREADS=1) on the same float sums.
-    # The book's 124M runs and the main job compute as a user's run does, on every core.
-    torch.set_num_threads(_THREADS if item.get_closest_marker("all_cores") else 1)
+    cores.set_threads(item)
 
 
 def pytest_collection_modifyitems(config, items):
-    # The files of the longest tests (the all_cores ones: the book's 124M runs, the main job) first: with `-n`,
-    # whole files go to the workers in this order (--dist loadfile --no-loadscope-reorder), so those start at once
-    # while the other worker takes everything else.
-    longest = {item.path for item in items if item.get_closest_marker("all_cores")}
-    items.sort(key=lambda item: item.path not in longest)
+    cores.put_first(items)
     if torch.cuda.is_available():
         return
     no_gpu = pytest.mark.skip(reason="needs a CUDA GPU (marked cuda)")

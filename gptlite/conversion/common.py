@@ -99,12 +99,12 @@ def save_streaming(
     model: PreTrainedModel,
     out_dir: Path,
     tensors: Iterator[tuple[str, torch.Tensor]],
-    file_name: Callable[[str], str] = str,
+    name_in_file: Callable[[str], str] = str,
 ) -> None:
     """`save_pretrained`'s folder for a meta-device `model`, with weights streamed into model.safetensors.
 
     `save_pretrained` writes config.json, generation_config.json and (for gptlite) the remote-code files;
-    the weights go to the same single `model.safetensors` it would write, under the names `file_name` gives the
+    the weights go to the same single `model.safetensors` it would write, under the names `name_in_file` gives the
     state-dict names (as its save_pretrained does): a tied parameter is stored once, under its first name.
     """
     specs: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
@@ -112,7 +112,7 @@ def save_streaming(
     for name, tensor in model.state_dict(keep_vars=True).items():
         if id(tensor) not in seen:  # tied parameters are one object
             seen.add(id(tensor))
-            specs[file_name(name)] = (tuple(tensor.shape), tensor.dtype)
+            specs[name_in_file(name)] = (tuple(tensor.shape), tensor.dtype)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, state_dict={})
     write_safetensors(out_dir / "model.safetensors", specs, tensors, metadata={"format": "pt"})
