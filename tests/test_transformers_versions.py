@@ -10,6 +10,7 @@ Skipped only when pip cannot reach the package index.
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -43,7 +44,6 @@ def _pip(python: Path, *args: str) -> subprocess.CompletedProcess:
 def transformers_venv(tmp_path_factory):
     """python of a venv holding transformers==version; one venv per version per test run."""
     root = tmp_path_factory.mktemp("transformers-venvs")
-    made: dict[str, Path] = {}
 
     def new_venv(name: str) -> tuple[Path, Path]:
         subprocess.run([sys.executable, "-m", "venv", str(root / name)], check=True)
@@ -52,31 +52,30 @@ def transformers_venv(tmp_path_factory):
                               capture_output=True, text=True, check=True).stdout.strip()
         return python, Path(site)
 
-    def torch_venv() -> Path:
-        """The installed torch's version in a venv of its own, installed once (unpacking it takes ~25 s)."""
-        if "torch" not in made:
-            python, made["torch"] = new_venv("torch")
-            reachable = _pip(python, "index", "versions", "transformers")
-            if reachable.returncode != 0:
-                pytest.skip(f"pip cannot reach the package index: {reachable.stderr.strip()[-300:]}")
-            # The installed torch (a plain requirement would pull another build) with its own dependencies.
-            installed = _pip(python, "install", "--quiet", f"torch=={torch.__version__.split('+')[0]}")
-            assert installed.returncode == 0, installed.stderr[-3000:]
-        return made["torch"]
+    @functools.cache
+    def torch_site() -> Path:
+        """site-packages of a venv holding the installed torch's version, installed once (unpacking takes ~25 s)."""
+        python, site = new_venv("torch")
+        reachable = _pip(python, "index", "versions", "transformers")
+        if reachable.returncode != 0:
+            pytest.skip(f"pip cannot reach the package index: {reachable.stderr.strip()[-300:]}")
+        # The installed torch (a plain requirement would pull another build) with its own dependencies.
+        installed = _pip(python, "install", "--quiet", f"torch=={torch.__version__.split('+')[0]}")
+        assert installed.returncode == 0, installed.stderr[-3000:]
+        return site
 
+    @functools.cache
     def python_with(version: str) -> Path:
-        if version not in made:
-            torch_site = torch_venv()
-            python, site = new_venv(version)
-            # torch's installed files, hard-linked (the same files pip wrote, with their metadata), then that
-            # transformers with the dependencies of its own time: a venv as its users have it.
-            for entry in torch_site.iterdir():
-                if not (site / entry.name).exists():
-                    subprocess.run(["cp", "-al", str(entry), str(site / entry.name)], check=True)
-            installed = _pip(python, "install", "--quiet", f"transformers=={version}")
-            assert installed.returncode == 0, installed.stderr[-3000:]
-            made[version] = python
-        return made[version]
+        torch_files = torch_site()
+        python, site = new_venv(version)
+        # torch's installed files, hard-linked (the same files pip wrote, with their metadata), then that
+        # transformers with the dependencies of its own time: a venv as its users have it.
+        for entry in torch_files.iterdir():
+            if not (site / entry.name).exists():
+                subprocess.run(["cp", "-al", str(entry), str(site / entry.name)], check=True)
+        installed = _pip(python, "install", "--quiet", f"transformers=={version}")
+        assert installed.returncode == 0, installed.stderr[-3000:]
+        return python
 
     return python_with
 
